@@ -8,6 +8,7 @@ and a bad value fails with a :class:`SettingsError` naming where it came from.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 import types
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 ENV_PREFIX = "BULKWATCH_"
+
+log = logging.getLogger(__name__)
 
 Source = Literal["simulator", "kafka"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -142,8 +145,12 @@ def load_settings(
             values[key] = _coerce(key, value, origin=f"{path}: {key}")
     environment = os.environ if env is None else env
     for key, value in environment.items():
-        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+        if key.startswith(ENV_PREFIX):
             name = key[len(ENV_PREFIX) :].lower()
+            if name not in _FIELDS:
+                # tools share the prefix (BULKWATCH_KAFKA_*, BULKWATCH_TEST_*): warn, don't fail
+                log.warning("ignoring %s: not a bulkwatch setting", key)
+                continue
             values[name] = _coerce(name, value, origin=key, from_text=True)
     for key, value in (overrides or {}).items():
         if value is not None:

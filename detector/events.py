@@ -100,6 +100,7 @@ class EventBatch:
     flags: np.ndarray
     members: np.ndarray
     created_ms: np.ndarray
+    network: np.ndarray
     record: np.ndarray
     accounts: list[str]
     peers: list[str | None]
@@ -123,6 +124,7 @@ class EventBatch:
             flags=self.flags[index],
             members=self.members[index],
             created_ms=self.created_ms[index],
+            network=self.network[index],
             record=self.record[index],
             accounts=[self.accounts[i] for i in rows],
             peers=[self.peers[i] for i in rows],
@@ -223,10 +225,8 @@ def _columns(events: list[RawEvent], positions: list[int]) -> EventBatch:
     n = len(events)
     accounts = [e.account for e in events]
     peers = [e.peer for e in events]
-    peer_ids = np.zeros(n, dtype=np.uint64)
-    with_peer = [i for i, p in enumerate(peers) if p is not None]
-    if with_peer:
-        peer_ids[with_peer] = hash_strings([peers[i] for i in with_peer])
+    peer_ids = _optional_ids(peers)
+    network_ids = _optional_ids([e.ip for e in events])
     types = np.fromiter((_TYPE_CODES[e.type] for e in events), dtype=np.uint8, count=n)
     created = np.fromiter(
         (e.account_created if e.account_created is not None else -1 for e in events),
@@ -246,8 +246,17 @@ def _columns(events: list[RawEvent], positions: list[int]) -> EventBatch:
         flags=np.fromiter((_flags(e) for e in events), dtype=np.uint16, count=n),
         members=members,
         created_ms=created,
+        network=network_ids,
         record=np.asarray(positions, dtype=np.int64),
         accounts=accounts,
         peers=peers,
         texts=[e.text for e in events],
     )
+
+
+def _optional_ids(values: list[str | None]) -> np.ndarray:
+    ids = np.zeros(len(values), dtype=np.uint64)
+    present = [i for i, v in enumerate(values) if v is not None]
+    if present:
+        ids[present] = hash_strings([values[i] for i in present])
+    return ids
