@@ -29,7 +29,12 @@ _RUN_OPTIONS = (
     ("--ssl-keyfile", "ssl_keyfile", str, "client key (PEM) for mutual TLS"),
     ("--sasl-mechanism", "sasl_mechanism", str, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
     ("--sasl-username", "sasl_username", str, "SASL user (password: BULKWATCH_SASL_PASSWORD)"),
-    ("--metrics-host", "metrics_host", str, "address the metrics endpoint binds (default: 127.0.0.1)"),
+    (
+        "--metrics-host",
+        "metrics_host",
+        str,
+        "address the metrics endpoint binds (default: 127.0.0.1)",
+    ),
     ("--metrics-port", "metrics_port", int, "port of /metrics, /healthz, /readyz (default: 9108)"),
     ("--snapshot-dir", "snapshot_dir", str, "directory for partition state snapshots"),
     ("--account-capacity", "account_capacity", int, "accounts tracked per partition"),
@@ -87,9 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--labels", type=Path, help="labels CSV from `bulkwatch simulate`")
     replay.add_argument("--report", type=Path, help="write the report as Markdown here")
     replay.add_argument("--compare", type=Path, help="a second policy to compare, in the same pass")
-    replay.add_argument("--dead-letters", type=Path, help="dead letters output (default: beside --out)")
+    replay.add_argument(
+        "--dead-letters", type=Path, help="dead letters output (default: beside --out)"
+    )
     replay.add_argument("--batch-size", type=int, default=20_000, help="records per batch")
-    replay.add_argument("--account-capacity", type=int, default=2_000_000, help="account table size")
+    replay.add_argument(
+        "--account-capacity", type=int, default=2_000_000, help="account table size"
+    )
     replay.add_argument("--cluster-capacity", type=int, default=500_000, help="cluster table size")
 
     simulate = commands.add_parser(
@@ -97,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write simulated traffic with ground-truth labels",
         description="Write simulated events (JSONL, .gz allowed) and a labels CSV; deterministic per seed.",
     )
-    simulate.add_argument("--out", type=Path, required=True, help="events output (.jsonl or .jsonl.gz)")
+    simulate.add_argument(
+        "--out", type=Path, required=True, help="events output (.jsonl or .jsonl.gz)"
+    )
     simulate.add_argument("--labels", type=Path, required=True, help="labels CSV output")
     simulate.add_argument("--accounts", type=int, default=10_000, help="number of accounts")
     simulate.add_argument("--minutes", type=int, default=60, help="minutes of event time")
@@ -110,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     produce.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
     produce.add_argument("--topic", default="events", help="topic to produce to")
-    produce.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    produce.add_argument(
+        "--rate", type=float, help="events per second (default: as fast as possible)"
+    )
     produce.add_argument("--accounts", type=int, default=10_000, help="accounts per round")
     produce.add_argument("--minutes", type=int, default=60, help="minutes of event time per round")
     produce.add_argument("--seed", type=int, default=1, help="random seed")
@@ -146,9 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from detector.app import build_app, run_service
     from detector.config import SettingsError, load_settings
     from detector.policy import PolicyError, load_policy
-    from detector.app import build_app, run_service
 
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _RUN_OPTIONS}
     overrides["exactly_once"] = args.exactly_once
@@ -162,7 +175,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger().setLevel(settings.log_level.upper())
     app = build_app(settings, policy, quiet=args.quiet)
-    stats = asyncio.run(run_service(app, duration_s=settings.duration_s, policy_path=settings.policy))
+    stats = asyncio.run(
+        run_service(app, duration_s=settings.duration_s, policy_path=settings.policy)
+    )
     print(f"bulkwatch: stopped: {stats.line()}", file=sys.stderr)
     return 0
 

@@ -177,9 +177,8 @@ def _convert(annotation: Any, value: Any, from_text: bool) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (from_text and value == ""):
-            if type(None) in args:
-                return None
+        if (value is None or (from_text and value == "")) and type(None) in args:
+            return None
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, from_text)
     if origin is Literal:

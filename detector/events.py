@@ -166,7 +166,10 @@ def _decode_one(raw: bytes) -> tuple[RawEvent | None, tuple[DeadLetterReason, st
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         return None, (DeadLetterReason.WRONG_TYPE, f"record is {type(raw).__name__}, not bytes")
     if len(raw) > MAX_RECORD_BYTES:
-        return None, (DeadLetterReason.TOO_LARGE, f"record of {len(raw)} bytes > {MAX_RECORD_BYTES}")
+        return None, (
+            DeadLetterReason.TOO_LARGE,
+            f"record of {len(raw)} bytes > {MAX_RECORD_BYTES}",
+        )
     try:
         event = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -186,11 +189,17 @@ def _check_rules(event: RawEvent) -> tuple[RawEvent | None, tuple[DeadLetterReas
     if event.type not in _TYPE_CODES:
         return None, (DeadLetterReason.UNKNOWN_TYPE, f"unknown event type {event.type[:64]!r}")
     if not MIN_TS_MS <= event.ts <= MAX_TS_MS:
-        return None, (DeadLetterReason.BAD_TIMESTAMP, f"ts {event.ts} outside [{MIN_TS_MS}, {MAX_TS_MS}]")
+        return None, (
+            DeadLetterReason.BAD_TIMESTAMP,
+            f"ts {event.ts} outside [{MIN_TS_MS}, {MAX_TS_MS}]",
+        )
     if event.peer is None and event.type in _PEER_REQUIRED:
         return None, (DeadLetterReason.MISSING_FIELD, f"`peer` is required for {event.type}")
     if event.text is not None and len(event.text) > MAX_TEXT_CHARS:
-        return None, (DeadLetterReason.TOO_LARGE, f"text of {len(event.text)} chars > {MAX_TEXT_CHARS}")
+        return None, (
+            DeadLetterReason.TOO_LARGE,
+            f"text of {len(event.text)} chars > {MAX_TEXT_CHARS}",
+        )
     if event.chat is not None and event.chat not in ("direct", "group"):
         return None, (DeadLetterReason.WRONG_TYPE, "`chat` must be 'direct' or 'group'")
     created = event.account_created

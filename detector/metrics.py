@@ -6,6 +6,7 @@ microsecond, so nothing here runs per event. Labels never carry account ids, tex
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,9 +21,9 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from detector.events import EVENT_TYPE_NAMES, DeadLetterReason
 from detector.policy import ACTION_NAMES, REASON_CODES
@@ -41,7 +42,9 @@ class Metrics:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         r = self.registry
-        self.events = Counter("bulkwatch_events", "Valid events processed, by type", ["type"], registry=r)
+        self.events = Counter(
+            "bulkwatch_events", "Valid events processed, by type", ["type"], registry=r
+        )
         self.records = Counter("bulkwatch_records", "Raw records consumed", registry=r)
         self.dead_letters = Counter(
             "bulkwatch_dead_letters", "Records sent to the dead-letter sink", ["reason"], registry=r
@@ -53,7 +56,10 @@ class Metrics:
             registry=r,
         )
         self.batch_seconds = Histogram(
-            "bulkwatch_batch_seconds", "Wall time to process one batch", buckets=_LATENCY_BUCKETS, registry=r
+            "bulkwatch_batch_seconds",
+            "Wall time to process one batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.event_delay = Histogram(
             "bulkwatch_event_delay_seconds",
@@ -69,7 +75,10 @@ class Metrics:
             registry=r,
         )
         self.consumer_lag = Gauge(
-            "bulkwatch_consumer_lag", "Records behind the partition's end", ["partition"], registry=r
+            "bulkwatch_consumer_lag",
+            "Records behind the partition's end",
+            ["partition"],
+            registry=r,
         )
         self.tracked_accounts = Gauge(
             "bulkwatch_tracked_accounts", "Accounts held in the state tables", registry=r
@@ -79,7 +88,10 @@ class Metrics:
             "bulkwatch_state_capacity", "Capacity of each state table", ["table"], registry=r
         )
         self.evictions = Counter(
-            "bulkwatch_state_evictions", "Entries evicted from full state tables", ["table"], registry=r
+            "bulkwatch_state_evictions",
+            "Entries evicted from full state tables",
+            ["table"],
+            registry=r,
         )
         self.late_events = Counter(
             "bulkwatch_late_events", "Events older than the allowed lateness, skipped", registry=r
@@ -87,10 +99,15 @@ class Metrics:
         self.ready = Gauge("bulkwatch_ready", "1 when assigned and consuming", registry=r)
         self.policy_info = Info("bulkwatch_policy", "The policy in force", registry=r)
         self.snapshot_failures = Counter(
-            "bulkwatch_snapshot_failures", "State snapshots that failed to write or load", ["op"], registry=r
+            "bulkwatch_snapshot_failures",
+            "State snapshots that failed to write or load",
+            ["op"],
+            registry=r,
         )
         self._event_children = [self.events.labels(name) for name in EVENT_TYPE_NAMES]
-        self._dead_children = {reason: self.dead_letters.labels(reason.value) for reason in DeadLetterReason}
+        self._dead_children = {
+            reason: self.dead_letters.labels(reason.value) for reason in DeadLetterReason
+        }
         self._stage_children: dict[str, Histogram] = {}
         self._signal_children: dict[tuple[str, str, bool], Counter] = {}
         self._eviction_totals: dict[str, int] = {}
@@ -183,10 +200,8 @@ class Metrics:
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
-            try:
+            with contextlib.suppress(KeyError):
                 self.consumer_lag.remove(str(partition))
-            except KeyError:
-                pass
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -209,7 +224,7 @@ class HealthServer:
         health = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._reply(200, health.metrics.exposition(), CONTENT_TYPE_LATEST)
@@ -228,13 +243,15 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return  # access logs would carry client addresses
 
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
         self._thread.start()
 
     def set_ready(self, ready: bool) -> None:

@@ -74,7 +74,9 @@ class Pipeline:
         try:
             signals, inputs, decisions, late = self._detect(batch, state, seconds)
         except Exception:
-            log.exception("batch of %d events failed in a kernel; isolating the bad records", len(batch))
+            log.exception(
+                "batch of %d events failed in a kernel; isolating the bad records", len(batch)
+            )
             inputs, decisions = None, None
             signals, late, failed = self._detect_one_by_one(batch, state, seconds)
             dead.extend(
@@ -143,7 +145,9 @@ class Pipeline:
         late = 0
         for row in range(len(batch)):
             try:
-                row_signals, _, _, row_late = self._detect(batch.take(np.array([row])), state, seconds)
+                row_signals, _, _, row_late = self._detect(
+                    batch.take(np.array([row])), state, seconds
+                )
             except Exception as exc:  # isolate the record, keep the partition moving
                 failed.append((row, f"{type(exc).__name__}: {exc}"[:300]))
                 continue

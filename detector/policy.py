@@ -274,7 +274,14 @@ RULES: tuple[Rule, ...] = (
             "min_no_typing_share",
             "min_active_hours_24h",
         ),
-        ("gap_cv", "gap_count", "gap_mean_s", "contact_share", "no_typing_share", "active_hours_24h"),
+        (
+            "gap_cv",
+            "gap_count",
+            "gap_mean_s",
+            "contact_share",
+            "no_typing_share",
+            "active_hours_24h",
+        ),
         _automated_timing,
     ),
     Rule(
@@ -538,7 +545,9 @@ def evaluate(policy: Policy, inputs: RuleInputs) -> Decisions:
         if rule.code == "BUSINESS_TIER_EXCEEDED":
             params = {"limits": _tier_limits(policy, inputs)}
         fired[:, column] = rule.fires(inputs, params)
-        (enforce_weights if settings.mode == "enforce" else shadow_weights)[column] = settings.weight
+        (enforce_weights if settings.mode == "enforce" else shadow_weights)[column] = (
+            settings.weight
+        )
     score = fired @ enforce_weights
     shadow_score = score + fired @ shadow_weights
     return Decisions(
@@ -592,7 +601,9 @@ class SignalGate:
     def __len__(self) -> int:
         return len(self._last)
 
-    def admit(self, subject: int, shadow: bool, action: int, ts_ms: int, cooldown_ms: float) -> bool:
+    def admit(
+        self, subject: int, shadow: bool, action: int, ts_ms: int, cooldown_ms: float
+    ) -> bool:
         """True when a signal of ``action`` at ``ts_ms`` should go out, and remember it."""
         key = (subject, shadow)
         last = self._last.get(key)
@@ -671,7 +682,13 @@ def make_signals(
 
 
 def _capped(
-    policy: Policy, inputs: RuleInputs, decisions: Decisions, row: int, subject: int, *, shadow: bool
+    policy: Policy,
+    inputs: RuleInputs,
+    decisions: Decisions,
+    row: int,
+    subject: int,
+    *,
+    shadow: bool,
 ) -> int:
     action = int((decisions.shadow_action if shadow else decisions.action)[row])
     if action == 0:
@@ -689,7 +706,9 @@ def _capped(
 def _fired(policy: Policy, decisions: Decisions, row: int, code: str, shadow: bool) -> bool:
     mode = policy.mode(code)
     column = REASON_CODES.index(code)
-    return bool(decisions.fired[row, column]) and (mode == "enforce" or (shadow and mode == "shadow"))
+    return bool(decisions.fired[row, column]) and (
+        mode == "enforce" or (shadow and mode == "shadow")
+    )
 
 
 def _signal(
@@ -710,7 +729,9 @@ def _signal(
     ]
     evidence: dict[str, Any] = {
         code: {
-            "features": {name: _value(inputs.feature(name)[row]) for name in _RULE_BY_CODE[code].features},
+            "features": {
+                name: _value(inputs.feature(name)[row]) for name in _RULE_BY_CODE[code].features
+            },
             "thresholds": dict(policy.rules[code].params),
             "windows": {
                 name: FEATURE_WINDOWS[name]

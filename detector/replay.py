@@ -90,14 +90,18 @@ def replay(policy: Policy, options: ReplayOptions, *, compare: Policy | None = N
     return text
 
 
-def run_replay(policy: Policy, options: ReplayOptions, *, compare: Policy | None = None) -> ReplayResult:
+def run_replay(
+    policy: Policy, options: ReplayOptions, *, compare: Policy | None = None
+) -> ReplayResult:
     """The replay itself: a decode-only pass (timed), then the detector pass writing signals."""
     decode_rate, _ = _time_decode_only(options)
     content = ContentClusters(capacity=options.cluster_capacity)
     content.warm_up()
     pipeline = Pipeline(policy, content)
     state = PartitionState.new(
-        capacity=options.account_capacity, lateness_s=options.lateness_s, ttl_s=options.account_ttl_s
+        capacity=options.account_capacity,
+        lateness_s=options.lateness_s,
+        ttl_s=options.account_ttl_s,
     )
     outcomes = [PolicyOutcome(policy)]
     compare_gate = SignalGate(options.account_capacity) if compare is not None else None
@@ -105,7 +109,9 @@ def run_replay(policy: Policy, options: ReplayOptions, *, compare: Policy | None
         outcomes.append(PolicyOutcome(compare))
     signals_out = JsonlWriter(options.out)
     signals_out.open()
-    dead_path = options.dead_letters or options.out.with_name(options.out.stem + ".dead-letters.jsonl")
+    dead_path = options.dead_letters or options.out.with_name(
+        options.out.stem + ".dead-letters.jsonl"
+    )
     dead_out = JsonlWriter(dead_path)
     first_seen: dict[str, int] = {}
     track_first_seen = options.labels is not None
@@ -125,10 +131,14 @@ def run_replay(policy: Policy, options: ReplayOptions, *, compare: Policy | None
         if compare is not None and result.inputs is not None and compare_gate is not None:
             decisions = evaluate(compare, result.inputs)
             outcomes[1].record(
-                make_signals(compare, result.inputs, decisions, compare_gate, exemplar=content.exemplar)
+                make_signals(
+                    compare, result.inputs, decisions, compare_gate, exemplar=content.exemplar
+                )
             )
         if track_first_seen:
-            for account, ts in zip(result.events.accounts, result.events.ts_ms.tolist(), strict=True):
+            for account, ts in zip(
+                result.events.accounts, result.events.ts_ms.tolist(), strict=True
+            ):
                 first_seen.setdefault(account, ts)
         offset += len(raw)
     elapsed = time.perf_counter() - started
@@ -177,9 +187,13 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def quality_table(outcome: PolicyOutcome, labels: dict[str, Label], first_seen: dict[str, int]) -> list[dict]:
+def quality_table(
+    outcome: PolicyOutcome, labels: dict[str, Label], first_seen: dict[str, int]
+) -> list[dict]:
     """Per archetype: accounts, banned, recall or false-ban rate, time to detect (event time)."""
-    rows: dict[str, dict] = defaultdict(lambda: {"accounts": 0, "banned": 0, "actioned": 0, "ttd": []})
+    rows: dict[str, dict] = defaultdict(
+        lambda: {"accounts": 0, "banned": 0, "actioned": 0, "ttd": []}
+    )
     for account, label in labels.items():
         if account not in first_seen:
             continue  # never acted in this file
@@ -234,7 +248,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def render_report(result: ReplayResult, labels: dict[str, Label] | None, options: ReplayOptions) -> str:
+def render_report(
+    result: ReplayResult, labels: dict[str, Label] | None, options: ReplayOptions
+) -> str:
     """The replay report as Markdown (it reads well on a terminal too)."""
     lines = [
         f"# bulkwatch replay of {options.events.name}",
@@ -280,7 +296,9 @@ def render_report(result: ReplayResult, labels: dict[str, Label] | None, options
     return "\n".join(lines) + "\n"
 
 
-def _compare_lines(a: PolicyOutcome, b: PolicyOutcome, labels: dict[str, Label] | None) -> list[str]:
+def _compare_lines(
+    a: PolicyOutcome, b: PolicyOutcome, labels: dict[str, Label] | None
+) -> list[str]:
     banned_a = set(a.first_ban_ts)
     banned_b = set(b.first_ban_ts)
     only_a = sorted(banned_a - banned_b)
@@ -290,7 +308,8 @@ def _compare_lines(a: PolicyOutcome, b: PolicyOutcome, labels: dict[str, Label] 
         if labels is None:
             return ", ".join(accounts[:20]) + (" ..." if len(accounts) > 20 else "")
         kinds = Counter(
-            f"{labels[x].label}/{labels[x].archetype}" if x in labels else "unlabelled" for x in accounts
+            f"{labels[x].label}/{labels[x].archetype}" if x in labels else "unlabelled"
+            for x in accounts
         )
         return ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common())
 

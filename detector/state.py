@@ -140,8 +140,18 @@ def restore_or_new(
         if path.exists():
             try:
                 state = PartitionState.load(path, gate_capacity=capacity)
-                log.info("restored %s-%d from snapshot (next offset %s)", topic, partition, state.next_offset)
+                log.info(
+                    "restored %s-%d from snapshot (next offset %s)",
+                    topic,
+                    partition,
+                    state.next_offset,
+                )
                 return state
             except SnapshotError as exc:
-                log.error("snapshot of %s-%d rejected, rebuilding from the committed offset: %s", topic, partition, exc)
+                log.error(
+                    "snapshot of %s-%d rejected, rebuilding from the committed offset: %s",
+                    topic,
+                    partition,
+                    exc,
+                )
     return PartitionState.new(capacity=capacity, lateness_s=lateness_s, ttl_s=ttl_s)

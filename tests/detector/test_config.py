@@ -14,7 +14,9 @@ def test_defaults_are_the_documented_ones():
 
 def test_precedence_file_then_env_then_overrides(tmp_path):
     config = tmp_path / "bulkwatch.toml"
-    config.write_text('group = "from-file"\nmetrics_port = 9000\ntopics = ["a", "b"]\nbatch_size = 10\n')
+    config.write_text(
+        'group = "from-file"\nmetrics_port = 9000\ntopics = ["a", "b"]\nbatch_size = 10\n'
+    )
     env = {"BULKWATCH_METRICS_PORT": "9001", "BULKWATCH_EXACTLY_ONCE": "true", "OTHER": "x"}
     s = load_settings(config, env=env, overrides={"batch_size": 20, "group": None})
     assert s.group == "from-file"
@@ -63,10 +65,10 @@ def test_unknown_keys_in_a_file_are_errors(tmp_path):
 def test_bad_toml_names_the_file(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text("metrics_port = [\n")
-    with pytest.raises(SettingsError, match="bad.toml: invalid TOML"):
+    with pytest.raises(SettingsError, match=r"bad\.toml: invalid TOML"):
         load_settings(config, env={})
     config.write_text('metrics_port = "x"\n')
-    with pytest.raises(SettingsError, match="bad.toml: metrics_port: expected an integer"):
+    with pytest.raises(SettingsError, match=r"bad\.toml: metrics_port: expected an integer"):
         load_settings(config, env={})
 
 

@@ -25,7 +25,13 @@ def record(**fields) -> bytes:
 
 
 def message(**extra) -> dict:
-    return {"type": "message", "ts": TS, "account": "+447700900001", "peer": "+447700900002", **extra}
+    return {
+        "type": "message",
+        "ts": TS,
+        "account": "+447700900001",
+        "peer": "+447700900002",
+        **extra,
+    }
 
 
 def test_valid_events_of_every_type_become_columns():
@@ -52,7 +58,9 @@ def test_valid_events_of_every_type_become_columns():
     assert batch.record.tolist() == list(range(6))
     assert batch.texts == ["hi", None, None, None, None, None]
     assert batch.peers[2] == "+447700900001" and batch.accounts[2] == "+447700900002"
-    expected = Flag.HAS_TEXT | Flag.CONTACT_KNOWN | Flag.IN_CONTACTS | Flag.TYPING_KNOWN | Flag.FORWARDED
+    expected = (
+        Flag.HAS_TEXT | Flag.CONTACT_KNOWN | Flag.IN_CONTACTS | Flag.TYPING_KNOWN | Flag.FORWARDED
+    )
     assert batch.flags[0] == expected
 
 
@@ -89,7 +97,10 @@ BAD_RECORDS = [
     (b"not json", DeadLetterReason.INVALID_JSON),
     (b"\xff\xfe{}", DeadLetterReason.INVALID_JSON),
     (b'{"type":"message","ts":NaN,"account":"a","peer":"b"}', DeadLetterReason.INVALID_JSON),
-    (b'{"type":"message","ts":1767225600000,"account":"a\\ud800","peer":"b"}', DeadLetterReason.INVALID_JSON),
+    (
+        b'{"type":"message","ts":1767225600000,"account":"a\\ud800","peer":"b"}',
+        DeadLetterReason.INVALID_JSON,
+    ),
     (record(ts=TS, account="a", peer="b"), DeadLetterReason.MISSING_FIELD),
     (record(type="message", account="a", peer="b"), DeadLetterReason.MISSING_FIELD),
     (record(type="message", ts=TS, peer="b"), DeadLetterReason.MISSING_FIELD),
@@ -104,7 +115,10 @@ BAD_RECORDS = [
     (record(**message(in_contacts="yes")), DeadLetterReason.WRONG_TYPE),
     (record(**message(chat="broadcast")), DeadLetterReason.WRONG_TYPE),
     (record(**message(text=12)), DeadLetterReason.WRONG_TYPE),
-    (record(type="group_add", ts=TS, account="a", peer="g", members=0), DeadLetterReason.WRONG_TYPE),
+    (
+        record(type="group_add", ts=TS, account="a", peer="g", members=0),
+        DeadLetterReason.WRONG_TYPE,
+    ),
     (b"[1, 2]", DeadLetterReason.WRONG_TYPE),
     (record(type="poke", ts=TS, account="a"), DeadLetterReason.UNKNOWN_TYPE),
     (record(**message(text="x" * (64 * 1024 + 1))), DeadLetterReason.TOO_LARGE),
@@ -149,11 +163,24 @@ def test_take_selects_rows():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 field_names = st.sampled_from(
-    ["type", "ts", "account", "peer", "chat", "text", "in_contacts", "members", "typing", "business"]
+    [
+        "type",
+        "ts",
+        "account",
+        "peer",
+        "chat",
+        "text",
+        "in_contacts",
+        "members",
+        "typing",
+        "business",
+    ]
 )
 
 

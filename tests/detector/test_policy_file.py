@@ -44,13 +44,33 @@ def test_modes_allowlist_and_tiers(tmp_path):
     ("old", "new", "message"),
     [
         ('version = "default-2026.11"', 'version = ""', "version: required"),
-        ("min_msgs_15s = 20", 'min_msgs_15s = "twenty"', "rules.NEW_ACCOUNT_BURST.min_msgs_15s: must be a number"),
-        ("min_msgs_15s = 20", "min_msgs_15s = -1", "rules.NEW_ACCOUNT_BURST.min_msgs_15s: must be >= 0"),
-        ("min_msgs_15s = 20", "min_msgs_15z = 20", "rules.NEW_ACCOUNT_BURST.min_msgs_15z: unknown threshold"),
-        ('[rules.HIGH_RATE]\nmode = "enforce"', '[rules.HIGH_RATE]\nmode = "loud"', "rules.HIGH_RATE.mode: must be one of"),
+        (
+            "min_msgs_15s = 20",
+            'min_msgs_15s = "twenty"',
+            "rules.NEW_ACCOUNT_BURST.min_msgs_15s: must be a number",
+        ),
+        (
+            "min_msgs_15s = 20",
+            "min_msgs_15s = -1",
+            "rules.NEW_ACCOUNT_BURST.min_msgs_15s: must be >= 0",
+        ),
+        (
+            "min_msgs_15s = 20",
+            "min_msgs_15z = 20",
+            "rules.NEW_ACCOUNT_BURST.min_msgs_15z: unknown threshold",
+        ),
+        (
+            '[rules.HIGH_RATE]\nmode = "enforce"',
+            '[rules.HIGH_RATE]\nmode = "loud"',
+            "rules.HIGH_RATE.mode: must be one of",
+        ),
         ("[rules.GROUP_SPAM]", "[rules.GROUP_SPAMMING]", "rules.GROUP_SPAMMING: unknown rule"),
         ("ban = 3.0", "ban = 1.5", "actions: scores must rise strictly"),
-        ("tier_limits = [250, 1000, 10000, 100000]", "tier_limits = [1000, 250]", "business.tier_limits"),
+        (
+            "tier_limits = [250, 1000, 10000, 100000]",
+            "tier_limits = [1000, 250]",
+            "business.tier_limits",
+        ),
         ("default_tier = 0", "default_tier = 9", "business.default_tier"),
         ('[allowlist]\nfile = ""', '[allowlist]\nfile = "x.txt"', "allowlist.file: no such file"),
         ('max_action = "review"', 'max_action = "smite"', "allowlist.max_action"),
