@@ -21,6 +21,7 @@ from detector.events import (
     EventType,
     decode_batch,
 )
+from detector.network import NetworkActivity
 from detector.policy import BanSignal, Decisions, Policy, RuleInputs, evaluate, make_signals
 from detector.state import PartitionState
 from kernels import accounts as account_kernels
@@ -56,11 +57,13 @@ class Pipeline:
         self,
         policy: Policy,
         content: ContentClusters | None,
+        network: NetworkActivity | None = None,
         *,
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.policy = policy
         self.content = content
+        self.network = network
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
 
     def process(self, records: Sequence[bytes], state: PartitionState) -> BatchResult:
@@ -124,8 +127,9 @@ class Pipeline:
             clusters = self.content.assign(
                 batch.ts_ms, batch.account, batch.peer, batch.flags, batch.texts
             )
+        network = self.network.observe(batch) if self.network is not None else None
         t2 = time.perf_counter()
-        inputs = RuleInputs(batch, features, clusters)
+        inputs = RuleInputs(batch, features, clusters, network)
         decisions = evaluate(self.policy, inputs)
         exemplar = self.content.exemplar if self.content is not None else None
         signals = make_signals(

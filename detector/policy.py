@@ -79,10 +79,13 @@ class RuleInputs:
     like ``share > x`` is False for unknown and ``~(share > x)`` ("not mostly contacts") is True.
     """
 
-    def __init__(self, batch: EventBatch, accounts: Any, content: Any | None) -> None:
+    def __init__(
+        self, batch: EventBatch, accounts: Any, content: Any | None, network: Any | None = None
+    ) -> None:
         self.batch = batch
         self.accounts = accounts
         self.content = content
+        self.network = network
         self.is_message = batch.type == EventType.MESSAGE
         self.has_cluster = (
             content.cluster_id >= 0 if content is not None else np.zeros(len(batch), dtype=bool)
@@ -107,13 +110,18 @@ class RuleInputs:
                 self.cluster_non_contact_share = np.where(
                     cluster_known > 0, content.cluster_non_contact / cluster_known, np.nan
                 )
+            if network is not None:
+                network_known = network.network_contact_known_1h.astype(np.float64)
+                self.network_non_contact_share = np.where(
+                    network_known > 0, network.network_non_contact_1h / network_known, np.nan
+                )
 
-    def feature(self, name: str) -> np.ndarray:
-        if hasattr(self, name):
-            return getattr(self, name)
-        if hasattr(self.accounts, name):
-            return getattr(self.accounts, name)
-        return getattr(self.content, name)
+    def feature(self, name: str) -> np.ndarray | None:
+        """The column called ``name``, or None when its stage did not run (no content, no network)."""
+        for source in (self, self.accounts, self.network, self.content):
+            if source is not None and hasattr(source, name):
+                return getattr(source, name)
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,13 +139,17 @@ class Rule:
     needs_content: bool = False
     exempt_business: bool = True
 
-    def fires(self, inputs: RuleInputs, params: Mapping[str, float]) -> np.ndarray:
+    def strength(self, inputs: RuleInputs, params: Mapping[str, float]) -> np.ndarray:
+        """Per event, the share of the rule's weight it earns: 0 (silent) to 1 (fully fired).
+
+        Most rules are all-or-nothing; a rule with a weaker clause returns a fraction for it.
+        """
         if self.needs_content and inputs.content is None:
-            return np.zeros(len(inputs.batch), dtype=bool)
-        fired = self.condition(inputs, params)
+            return np.zeros(len(inputs.batch))
+        strength = np.asarray(self.condition(inputs, params), dtype=np.float64)
         if self.exempt_business:
-            fired &= ~inputs.is_business
-        return fired
+            strength[inputs.is_business] = 0.0
+        return strength
 
 
 def _not_mostly_contacts(x: RuleInputs, max_contact_share: float) -> np.ndarray:
@@ -180,15 +192,30 @@ def _bulk_duplicate(x: RuleInputs, p: Mapping[str, float]) -> np.ndarray:
 
 
 def _coordinated_campaign(x: RuleInputs, p: Mapping[str, float]) -> np.ndarray:
-    c = x.content
-    return (
-        x.has_cluster
-        & (c.cluster_senders >= p["min_senders"])
-        & (c.cluster_contact_known >= p["min_cluster_known"])
-        & (x.cluster_non_contact_share >= p["min_non_contact_share"])
-        & (c.account_copies >= p["min_copies"])
-        & _not_mostly_contacts(x, p["max_contact_share"])
-    )
+    """Many senders, one content cluster or one network address, mostly to non-contacts."""
+    fired = np.zeros(len(x.batch), dtype=bool)
+    if x.content is not None:
+        c = x.content
+        fired |= (
+            x.has_cluster
+            & (c.cluster_senders >= p["min_senders"])
+            & (c.cluster_contact_known >= p["min_cluster_known"])
+            & (x.cluster_non_contact_share >= p["min_non_contact_share"])
+            & (c.account_copies >= p["min_copies"])
+            & _not_mostly_contacts(x, p["max_contact_share"])
+        )
+    if x.network is not None:
+        # Without text, the shared address ties the accounts; the account's own known recipients
+        # must then be mostly non-contacts too (a carrier NAT also carries legitimate users).
+        n = x.network
+        fired |= (
+            (n.network_senders_1h >= p["min_senders"])
+            & (n.network_contact_known_1h >= p["min_cluster_known"])
+            & (x.network_non_contact_share >= p["min_non_contact_share"])
+            & (x.accounts.contact_known_1h >= p["min_copies"])
+            & (x.non_contact_share >= p["min_non_contact_share"])
+        )
+    return fired
 
 
 def _automated_timing(x: RuleInputs, p: Mapping[str, float]) -> np.ndarray:
@@ -198,7 +225,15 @@ def _automated_timing(x: RuleInputs, p: Mapping[str, float]) -> np.ndarray:
         x, p["max_contact_share"]
     )
     tireless = a.active_hours_24h >= p["min_active_hours_24h"]
-    return (regular & machine_like) | tireless
+    # The weaker clause: message after message to strangers and never a typing indicator.
+    scripted = (
+        (a.typing_known_1h >= p["min_scripted_msgs"])
+        & (x.no_typing_share >= p["min_scripted_no_typing_share"])
+        & (a.contact_known_1h >= p["min_scripted_msgs"])
+        & ~(x.contact_share > p["max_contact_share"])
+    )
+    strong = (regular & machine_like) | tireless
+    return np.where(strong, 1.0, np.where(scripted, p["scripted_strength"], 0.0))
 
 
 def _group_spam(x: RuleInputs, p: Mapping[str, float]) -> np.ndarray:
@@ -260,10 +295,11 @@ RULES: tuple[Rule, ...] = (
             "cluster_contact_known",
             "cluster_non_contact_share",
             "account_copies",
+            "network_senders_1h",
+            "network_non_contact_share",
             "contact_share",
         ),
         _coordinated_campaign,
-        needs_content=True,
     ),
     Rule(
         "AUTOMATED_TIMING",
@@ -273,6 +309,9 @@ RULES: tuple[Rule, ...] = (
             "max_contact_share",
             "min_no_typing_share",
             "min_active_hours_24h",
+            "min_scripted_msgs",
+            "min_scripted_no_typing_share",
+            "scripted_strength",
         ),
         (
             "gap_cv",
@@ -329,6 +368,8 @@ FEATURE_WINDOWS = {
     "active_hours_24h": "24h",
     "business_recipients_24h": "24h",
     "gap_cv": "last gaps",
+    "network_senders_1h": "1h",
+    "network_non_contact_share": "1h",
 }
 
 
@@ -525,6 +566,7 @@ class Decisions(NamedTuple):
     """Per-event outcome of the rules over one batch."""
 
     fired: np.ndarray  # bool (n, len(RULES)): rules that fired (enforced or shadow)
+    strength: np.ndarray  # float (n, len(RULES)): share of each rule's weight earned
     score: np.ndarray  # float64: enforced score
     action: np.ndarray  # uint8 Action from enforced rules
     shadow_score: np.ndarray  # float64: enforced + shadow rules
@@ -534,7 +576,7 @@ class Decisions(NamedTuple):
 def evaluate(policy: Policy, inputs: RuleInputs) -> Decisions:
     """Fire every rule that is not off over the batch; score and map to actions."""
     n = len(inputs.batch)
-    fired = np.zeros((n, len(RULES)), dtype=bool)
+    strength = np.zeros((n, len(RULES)))
     enforce_weights = np.zeros(len(RULES))
     shadow_weights = np.zeros(len(RULES))
     for column, rule in enumerate(RULES):
@@ -544,14 +586,19 @@ def evaluate(policy: Policy, inputs: RuleInputs) -> Decisions:
         params: Mapping[str, Any] = settings.params
         if rule.code == "BUSINESS_TIER_EXCEEDED":
             params = {"limits": _tier_limits(policy, inputs)}
-        fired[:, column] = rule.fires(inputs, params)
+        strength[:, column] = rule.strength(inputs, params)
         (enforce_weights if settings.mode == "enforce" else shadow_weights)[column] = (
             settings.weight
         )
-    score = fired @ enforce_weights
-    shadow_score = score + fired @ shadow_weights
+    score = strength @ enforce_weights
+    shadow_score = score + strength @ shadow_weights
     return Decisions(
-        fired, score, _to_action(policy, score), shadow_score, _to_action(policy, shadow_score)
+        strength > 0,
+        strength,
+        score,
+        _to_action(policy, score),
+        shadow_score,
+        _to_action(policy, shadow_score),
     )
 
 
@@ -730,7 +777,9 @@ def _signal(
     evidence: dict[str, Any] = {
         code: {
             "features": {
-                name: _value(inputs.feature(name)[row]) for name in _RULE_BY_CODE[code].features
+                name: _value(column[row])
+                for name in _RULE_BY_CODE[code].features
+                if (column := inputs.feature(name)) is not None
             },
             "thresholds": dict(policy.rules[code].params),
             "windows": {
@@ -739,6 +788,11 @@ def _signal(
                 if name in FEATURE_WINDOWS
             },
             "weight": policy.rules[code].weight,
+            "earned": round(
+                float(decisions.strength[row, REASON_CODES.index(code)])
+                * policy.rules[code].weight,
+                4,
+            ),
         }
         for code in reasons
     }

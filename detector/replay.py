@@ -20,6 +20,7 @@ import numpy as np
 
 from detector.content import ContentClusters
 from detector.events import decode_batch
+from detector.network import NetworkActivity
 from detector.pipeline import Pipeline
 from detector.policy import BanSignal, Policy, SignalGate, encode_signal, evaluate, make_signals
 from detector.sinks import JsonlWriter, dead_letter_json
@@ -97,7 +98,7 @@ def run_replay(
     decode_rate, _ = _time_decode_only(options)
     content = ContentClusters(capacity=options.cluster_capacity)
     content.warm_up()
-    pipeline = Pipeline(policy, content)
+    pipeline = Pipeline(policy, content, NetworkActivity(lateness_s=options.lateness_s))
     state = PartitionState.new(
         capacity=options.account_capacity,
         lateness_s=options.lateness_s,
