@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +26,11 @@ from typing import TextIO
 from detector.config import Settings
 from detector.content import ContentClusters
 from detector.metrics import HealthServer, Metrics
+from detector.network import NetworkActivity
 from detector.pipeline import BatchResult, Pipeline
 from detector.policy import Policy, PolicyError, load_policy
 from detector.sinks import DeadLetterSink, SignalSink
-from detector.sources import PartitionKey, Polled, Source
+from detector.sources import PartitionKey, Polled, RangeReader, Source
 from detector.state import PartitionState, restore_or_new, snapshot_path
 from kernels import accounts as account_kernels
 
@@ -51,11 +52,11 @@ class RunStats:
         self.records += result.records
         self.events += len(result.events)
         self.dead_letters += len(result.dead_letters)
-        for signal in result.signals:
-            if not signal.shadow:
-                self.signals_by_action[signal.action] += 1
+        for ban_signal in result.signals:
+            if not ban_signal.shadow:
+                self.signals_by_action[ban_signal.action] += 1
             self.signals_by_reason.update(
-                f"{code}{' (shadow)' if signal.shadow else ''}" for code in signal.reasons
+                f"{code}{' (shadow)' if ban_signal.shadow else ''}" for code in ban_signal.reasons
             )
 
     def line(self) -> str:
@@ -91,7 +92,8 @@ class DetectorApp:
         self.metrics = metrics
         self.health = health
         self.content = ContentClusters(capacity=settings.cluster_capacity)
-        self.pipeline = Pipeline(policy, self.content)
+        self.network = NetworkActivity(lateness_s=settings.lateness_s)
+        self.pipeline = Pipeline(policy, self.content, self.network)
         self.states: dict[PartitionKey, PartitionState] = {}
         self.stats = RunStats()
         self._progress = progress
@@ -116,16 +118,21 @@ class DetectorApp:
         await self.dead_letter_sink.start()
         await self.source.start()
 
-    async def stop(self) -> None:
-        """Finish in-flight deliveries, commit, snapshot and close everything (idempotent)."""
+    async def stop(self, *, snapshot: bool = True) -> None:
+        """Finish in-flight deliveries, commit, snapshot and close everything (idempotent).
+
+        After a failed delivery the states are ahead of the committed offsets: ``snapshot=False``
+        then keeps the older snapshots, so a restart re-reads and re-sends what was not delivered.
+        """
         if not self._started:
             return
         self._started = False
         if self.health is not None:
             self.health.set_ready(False)
         try:
-            await self._drain()
-            await self._snapshot(list(self.states))
+            await self._drain()  # raises if a delivery failed: then no snapshot either
+            if snapshot:
+                await self._snapshot(list(self.states))
         finally:
             await self.source.stop()
             await self.signal_sink.stop()
@@ -138,12 +145,15 @@ class DetectorApp:
         """Consume until ``stop`` is set or the source ends; returns the totals."""
         await self.start()
         progress = asyncio.create_task(self._report_progress(stop))
+        failed = False
         try:
             polls = self.source.polls()
             while not stop.is_set():
                 batch_task = asyncio.ensure_future(anext(polls))
                 stop_task = asyncio.ensure_future(stop.wait())
-                done, _ = await asyncio.wait({batch_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {batch_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+                )
                 stop_task.cancel()
                 if batch_task not in done:
                     batch_task.cancel()
@@ -160,11 +170,14 @@ class DetectorApp:
                 await self._maybe_snapshot()
             with contextlib.suppress(Exception):
                 await polls.aclose()
+        except BaseException:
+            failed = True
+            raise
         finally:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
-            await self.stop()
+            await self.stop(snapshot=not failed)
         return self.stats
 
     # ------------------------------------------------------------------------------- the hot path
@@ -216,7 +229,9 @@ class DetectorApp:
             if result.signals:
                 await self.signal_sink.send(result.signals)
             if result.dead_letters:
-                await self.dead_letter_sink.send(result.dead_letters, unit.partition, unit.first_offset)
+                await self.dead_letter_sink.send(
+                    result.dead_letters, unit.partition, unit.first_offset
+                )
         await self.signal_sink.flush()
         await self.dead_letter_sink.flush()
         if previous is not None:
@@ -292,16 +307,89 @@ class DetectorApp:
             self.states.pop(key, None)
         self.metrics.forget_partitions(k.partition for k in keys)
 
-    async def partitions_assigned(self, keys: list[PartitionKey]) -> dict[PartitionKey, int]:
-        """Restore snapshots of newly assigned partitions; returns where each snapshot resumes."""
+    async def partitions_assigned(
+        self,
+        keys: list[PartitionKey],
+        committed: Mapping[PartitionKey, int | None] | None = None,
+        read: RangeReader | None = None,
+    ) -> dict[PartitionKey, int]:
+        """Restore the partitions' snapshots and bring them to the committed offset; returns where
+        each partition resumes (absent: at its committed offset).
+
+        A snapshot reflects the records before its ``next_offset`` N; the group's committed offset
+        C marks what was delivered. N < C (snapshots are periodic): records [N, C) are re-read with
+        ``read`` and applied to the state without emitting anything, since their signals and dead
+        letters were delivered before C was committed; windows come out exact and nothing is sent
+        twice. N > C: a commit was rejected after its outputs were flushed (at-least-once), so the
+        state resumes at N; in exactly-once mode outputs and offsets commit together, so such a
+        snapshot holds effects of aborted output and is replaced by a fresh state.
+        """
+        committed = committed or {}
         loop = asyncio.get_running_loop()
         resume: dict[PartitionKey, int] = {}
         for key in keys:
-            if key in self.states:
-                continue
-            state = await loop.run_in_executor(self._worker, self._state_for, key)
-            if state.next_offset is not None:
-                resume[key] = state.next_offset
+            state = self.states.get(key)
+            if state is None:
+                state = await loop.run_in_executor(self._worker, self._state_for, key)
+            snapshot_offset, committed_offset = state.next_offset, committed.get(key)
+            if snapshot_offset is None:
+                continue  # fresh state: the committed offset (or the reset policy) decides
+            if committed_offset is None or snapshot_offset == committed_offset:
+                resume[key] = snapshot_offset
+            elif snapshot_offset > committed_offset and not self.settings.exactly_once:
+                log.warning(
+                    "%s: snapshot at %d is ahead of the committed offset %d (a rejected commit); "
+                    "resuming at the snapshot",
+                    key,
+                    snapshot_offset,
+                    committed_offset,
+                )
+                resume[key] = snapshot_offset
+            elif snapshot_offset > committed_offset:
+                log.error(
+                    "%s: snapshot at %d is ahead of the transactional commit %d; starting the "
+                    "partition with empty state",
+                    key,
+                    snapshot_offset,
+                    committed_offset,
+                )
+                self.states[key] = PartitionState.new(
+                    capacity=self.settings.account_capacity,
+                    lateness_s=self.settings.lateness_s,
+                    ttl_s=self.settings.account_ttl_s,
+                )
+            elif read is None:
+                log.warning(
+                    "%s: no reader to rebuild %d..%d; re-processing it",
+                    key,
+                    snapshot_offset,
+                    committed_offset,
+                )
+                resume[key] = snapshot_offset
+            else:
+                started = time.perf_counter()
+                rebuilt = 0
+                try:
+                    async for records in read(key, snapshot_offset, committed_offset):
+                        # Outputs dropped: they were delivered before the offsets were committed.
+                        await loop.run_in_executor(
+                            self._worker, self.pipeline.process, records, state
+                        )
+                        rebuilt += len(records)
+                except BaseException:
+                    # Half rebuilt, the state matches no offset: never snapshot it.
+                    self.states.pop(key, None)
+                    raise
+                state.next_offset = committed_offset
+                resume[key] = committed_offset
+                log.info(
+                    "%s: rebuilt %d records %d..%d past the snapshot in %.2f s",
+                    key,
+                    rebuilt,
+                    snapshot_offset,
+                    committed_offset,
+                    time.perf_counter() - started,
+                )
         return resume
 
     # ------------------------------------------------------------------------------------ control
@@ -311,7 +399,9 @@ class DetectorApp:
         try:
             policy = load_policy(path)
         except PolicyError as exc:
-            log.error("policy reload failed, keeping version %s: %s", self.pipeline.policy.version, exc)
+            log.error(
+                "policy reload failed, keeping version %s: %s", self.pipeline.policy.version, exc
+            )
             return False
         self.pipeline.policy = policy
         self.metrics.set_policy(policy.version, policy.source)
@@ -346,7 +436,9 @@ def install_signal_handlers(
         loop.add_signal_handler(signal.SIGHUP, on_reload)
 
 
-async def run_service(app: DetectorApp, *, duration_s: float | None, policy_path: str | None) -> RunStats:
+async def run_service(
+    app: DetectorApp, *, duration_s: float | None, policy_path: str | None
+) -> RunStats:
     """Run ``app`` with signal handling and an optional time limit."""
     stop = asyncio.Event()
     install_signal_handlers(stop, on_reload=lambda: app.reload_policy(policy_path))
@@ -369,7 +461,9 @@ def build_app(settings: Settings, policy: Policy, *, quiet: bool = False) -> Det
     health = HealthServer(metrics, settings.metrics_host, settings.metrics_port)
     if settings.source == "kafka":
         kafka_sinks = sinks.KafkaSinks(settings)
-        source: Source = sources.KafkaSource(settings, metrics=metrics, transactions=kafka_sinks)
+        source: Source = sources.KafkaSource(
+            settings, metrics=metrics, transactions=kafka_sinks, health=health
+        )
         app = DetectorApp(
             settings,
             policy,
@@ -383,12 +477,16 @@ def build_app(settings: Settings, policy: Policy, *, quiet: bool = False) -> Det
         )
         source.set_listener(app)
         return app
-    config = SimulatorConfig(accounts=settings.sim_accounts, minutes=settings.sim_minutes, seed=settings.sim_seed)
+    config = SimulatorConfig(
+        accounts=settings.sim_accounts, minutes=settings.sim_minutes, seed=settings.sim_seed
+    )
     dead_letters = Path(settings.snapshot_dir or ".") / "dead-letters.jsonl"
     return DetectorApp(
         settings,
         policy,
-        source=sources.SimulatedSource(config, batch_size=settings.batch_size, rate_per_s=settings.rate),
+        source=sources.SimulatedSource(
+            config, batch_size=settings.batch_size, rate_per_s=settings.rate
+        ),
         signal_sink=sinks.ConsoleSignalSink(open(os.devnull, "w") if quiet else sys.stdout),
         dead_letter_sink=sinks.JsonlDeadLetterSink(dead_letters),
         metrics=metrics,

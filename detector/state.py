@@ -47,12 +47,17 @@ class PartitionState:
         return cls(table, SignalGate(gate_capacity or capacity))
 
     def save(self, directory: Path) -> None:
-        """Write this state atomically to ``directory`` (replacing an older snapshot)."""
+        """Write this state atomically to ``directory`` (replacing an older snapshot).
+
+        Raises OSError when the snapshot cannot be written; the previous snapshot is then intact.
+        """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+        retired = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
+        moved_aside = False
         try:
             account_kernels.save_account_state(
                 self.accounts, staging / "accounts.npz", event_time_ms=self.event_time_ms
@@ -66,14 +71,21 @@ class PartitionState:
             }
             (staging / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
             _fsync_dir(staging)
-            retired = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             if directory.exists():
+                # A crashed save of a process with our pid (containers reuse pids) may have left it.
+                shutil.rmtree(retired, ignore_errors=True)
                 directory.rename(retired)
+                moved_aside = True
             staging.rename(directory)
-            shutil.rmtree(retired, ignore_errors=True)
+            moved_aside = False
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if moved_aside:  # the new snapshot did not take its place: put the previous one back
+                retired.rename(directory)
             raise
+        _fsync_parent(directory)
+        for leftover in _interrupted_saves(directory):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     @classmethod
     def load(cls, directory: Path, *, gate_capacity: int) -> PartitionState:
@@ -81,6 +93,8 @@ class PartitionState:
         directory = Path(directory)
         try:
             meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise SnapshotError(f"{directory}: meta.json is not an object")
             if meta.get("format") != 1:
                 raise SnapshotError(f"{directory}: unknown snapshot format {meta.get('format')!r}")
             if meta.get("checksum") != _checksum(directory):
@@ -121,6 +135,27 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _fsync_parent(path: Path) -> None:
+    """Make a rename inside ``path.parent`` durable."""
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _interrupted_saves(directory: Path) -> list[Path]:
+    """Folders a save that died left beside ``directory``: staging folders (newer) first, then
+    retired ones (the snapshot before)."""
+    if not directory.parent.is_dir():
+        return []
+    prefix = f".{directory.name}."
+    found = [p for p in directory.parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+    staging = sorted(p for p in found if p.name[len(prefix) :].startswith("tmp-"))
+    retired = sorted(p for p in found if p.name[len(prefix) :].startswith("old-"))
+    return staging + retired
+
+
 def snapshot_path(root: str | Path, topic: str, partition: int) -> Path:
     return Path(root) / f"{topic}-{partition}"
 
@@ -134,19 +169,18 @@ def restore_or_new(
     lateness_s: int,
     ttl_s: int,
 ) -> PartitionState:
-    """The partition's snapshot if there is a sound one; else a fresh state (loudly, if corrupt)."""
+    """The partition's snapshot if there is a sound one; else a fresh state (loudly, if corrupt).
+
+    When a save died between moving the old snapshot aside and renaming the new one into place,
+    there is no folder under the partition's name: the complete staging folder, or else the retired
+    one, is restored instead (both are checksummed like any snapshot).
+    """
     if root is not None:
         path = snapshot_path(root, topic, partition)
-        if path.exists():
+        candidates = [path] if path.exists() else _interrupted_saves(path)
+        for candidate in candidates:
             try:
-                state = PartitionState.load(path, gate_capacity=capacity)
-                log.info(
-                    "restored %s-%d from snapshot (next offset %s)",
-                    topic,
-                    partition,
-                    state.next_offset,
-                )
-                return state
+                state = PartitionState.load(candidate, gate_capacity=capacity)
             except SnapshotError as exc:
                 log.error(
                     "snapshot of %s-%d rejected, rebuilding from the committed offset: %s",
@@ -154,4 +188,19 @@ def restore_or_new(
                     partition,
                     exc,
                 )
+                continue
+            if candidate != path:
+                log.warning(
+                    "snapshot of %s-%d recovered from an interrupted save: %s",
+                    topic,
+                    partition,
+                    candidate,
+                )
+            log.info(
+                "restored %s-%d from snapshot (next offset %s)",
+                topic,
+                partition,
+                state.next_offset,
+            )
+            return state
     return PartitionState.new(capacity=capacity, lateness_s=lateness_s, ttl_s=ttl_s)
