@@ -226,10 +226,10 @@ def plot_quality(results: dict[str, Any], path: Path) -> None:
                 fontsize=7,
             )
     left.set_xticks(range(len(abusive)), [a.replace("_", "\n") for a in abusive], fontsize=8)
-    left.set_ylim(0, 1.12)
+    left.set_ylim(0, 1.3)
     left.set_ylabel("recall (share of accounts banned)")
     left.set_title("Abusive archetypes: caught")
-    left.legend(fontsize=8, loc="lower left")
+    left.legend(fontsize=8, loc="upper center", ncol=len(runs))
     right.set_xticks(range(len(legit)), [a.replace("_", "\n") for a in legit], fontsize=8)
     accounts = {r["archetype"]: r["accounts"] for r in rows if r["label"] == "legit"}
     right.set_xlabel(
@@ -534,8 +534,9 @@ def _sweep_lines(results: dict[str, Any]) -> list[str]:
         "",
         "| system | offered (share of bulkwatch max) | offered events/s | produced events/s "
         "| consumed events/s | behind when the offer ended (s) | kept up | signals "
-        "| latency p50 / p95 / p99 / max (s) | CPU (cores) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---|---:|",
+        "| latency p50 / p95 / p99 / max (s) | CPU (cores) | producer (cores) "
+        "| other processes (cores) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|",
     ]
     for s in results.get("sweep", []):
         share = "50 % of its own max" if s["load_share"] is None else f"{s['load_share']:.0%}"
@@ -545,13 +546,15 @@ def _sweep_lines(results: dict[str, Any]) -> list[str]:
             if latency and latency.get("p50") is not None
             else "-"
         )
-        cores = (s.get("cpu", {}).get("instance_cores") or [None])[0]
+        cpu = s.get("cpu", {})
+        cores = (cpu.get("instance_cores") or [None])[0]
         lines.append(
             f"| {s['system']} | {share} | {_num(s['offered_per_s'])} | "
             f"{_num(s['produced_per_s'])} | {_num(s['achieved_per_s'])} | "
             f"{_num(s.get('behind_at_offer_end_s'), 1)} | "
             f"{'yes' if s['kept_up'] else 'no'} | {s.get('signals', '-')} | {lat} | "
-            f"{_num(cores, 2)} |"
+            f"{_num(cores, 2)} | {_num(cpu.get('harness_cores'), 2)} | "
+            f"{_num(cpu.get('other_cores'), 2)} |"
         )
     return [
         *lines,
@@ -582,38 +585,40 @@ def _options_text(results: dict[str, Any]) -> str:
 
 
 def _bottleneck_text(results: dict[str, Any]) -> str:
+    """What limited two instances: the machine's CPU, the broker, or other processes."""
     drains = results.get("drains", {})
     one, two = drains.get("bulkwatch_x1", {}), drains.get("bulkwatch_x2", {})
     c1, c2 = drains.get("ceiling_x1", {}), drains.get("ceiling_x2", {})
     cores = results.get("machine", {}).get("logical_cores") or 2
-    parts = []
-    if two.get("cpu"):
-        cpu = two["cpu"]
-        instance = " and ".join(_num(c, 2) for c in cpu.get("instance_cores", []))
-        parts.append(
-            f"**Where two instances stop scaling.** With two bulkwatch instances the machine was "
-            f"{_num(cpu.get('machine_busy_cores'), 2)} of {cores} cores busy: the instances used "
-            f"{instance} cores, the broker {_num(cpu.get('broker_cores'), 2)}, everything else "
-            f"{_num(cpu.get('other_cores'), 2)}."
+    if not two.get("cpu") or not one.get("cpu"):
+        return ""
+    cpu = two["cpu"]
+    instance = " and ".join(_num(c, 2) for c in cpu.get("instance_cores", []))
+    alone = (one["cpu"].get("instance_cores") or [None])[0]
+    busy = cpu.get("machine_busy_cores") or 0.0
+    broker = cpu.get("broker_cores") or 0.0
+    others = cpu.get("other_cores") or 0.0
+    parts = [
+        f"**Two instances on {cores} cores.** One instance used {_num(alone, 2)} cores (the "
+        f"broker {_num(one['cpu'].get('broker_cores'), 2)}). With two, the instances used "
+        f"{instance} cores, the broker {_num(broker, 2)}, other processes {_num(others, 2)}: "
+        f"the machine was {_num(busy, 2)} of {cores} cores busy."
+    ]
+    if busy >= 0.9 * cores:
+        limit = (
+            "processes outside the benchmark took a share of it"
+            if others >= 0.25
+            else f"the broker needed only {broker:.2f} cores of it and was not the bottleneck"
         )
-        if one.get("cpu"):
-            alone = (one["cpu"].get("instance_cores") or [None])[0]
-            parts.append(
-                f"One instance alone used {_num(alone, 2)} "
-                f"cores with the broker at {_num(one['cpu'].get('broker_cores'), 2)} "
-                f"(machine {_num(one['cpu'].get('machine_busy_cores'), 2)} busy)."
-            )
-        busy = cpu.get("machine_busy_cores") or 0
-        if busy >= 0.9 * cores:
-            parts.append(
-                "The bottleneck is the CPU of this machine, not the broker: a second instance can "
-                "only take cores the first instance, the broker and the rest were already using."
-            )
+        parts.append(
+            f"The limit is the CPU of this machine: two instances fill it, and {limit}; a third "
+            "instance would need more cores."
+        )
     if c1.get("events_per_s") and c2.get("events_per_s"):
         parts.append(
-            f"The bare consumer went from {_num(c1['events_per_s'])} to {_num(c2['events_per_s'])} "
-            f"events/s with a second consumer ({c2['events_per_s'] / c1['events_per_s']:.2f}x), "
-            "which bounds what any second instance can add on this machine."
+            f"For comparison, the bare consumer went from {_num(c1['events_per_s'])} to "
+            f"{_num(c2['events_per_s'])} events/s with a second consumer "
+            f"({c2['events_per_s'] / c1['events_per_s']:.2f}x)."
         )
     return " ".join(parts)
 
