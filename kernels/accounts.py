@@ -330,8 +330,9 @@ def new_account_state(
 ) -> AccountState:
     """Empty state for ``capacity`` accounts.
 
-    ``lateness_s``: events older than the newest event time minus this are late (skipped).
-    ``ttl_s``: an account idle for longer is expired. ``probe``: account-table probe window.
+    ``lateness_s`` (<= 6 h): events older than the newest event time minus this are late.
+    ``ttl_s`` (<= 30 days): an account idle for longer is expired. ``probe``: account-table probe
+    window (slots examined per lookup; the eviction candidates when it is full).
     ``heavy_capacity`` (default ``capacity // 16``), ``pair_capacity`` (default ``capacity``) and
     ``sketch_capacity`` (default ``capacity // 16384``; 0 = always exact) size the shared pools;
     ``exact_recipients``: distinct recipients in 24 h kept exactly before a sketch takes new ones.

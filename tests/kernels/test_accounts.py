@@ -356,6 +356,59 @@ def test_idle_heavy_row_is_reclaimed_without_loss():
     assert stats["heavy_reclaims"] == 1 and stats["heavy_evictions"] == 0
 
 
+HOUR_START = (T0 // HOUR_MS + 1) * HOUR_MS
+
+
+@pytest.mark.parametrize(
+    ("others_at", "back_at"),
+    [
+        (HOUR_START + 23 * HOUR_MS + 600_000, HOUR_START + 23 * HOUR_MS + 1_200_000),
+        (HOUR_START + 24 * HOUR_MS + 10_000, HOUR_START + 24 * HOUR_MS - 19_000),  # back late
+    ],
+)
+def test_pairs_still_in_a_window_are_not_reused_silently(others_at, back_at):
+    """Account 1 messages recipient 5 in hour H; account 2 then fills the pair table. The pair of
+    account 1 is still inside its 24 h window (as seen from any event within the lateness), so it
+    may be evicted (and uncounted) but not overwritten as if dead: when account 1 messages 5 again
+    it has exactly one recipient."""
+    events = [Event(HOUR_START + k, 1, 5, MESSAGE, 0, 0, -1) for k in range(9)]
+    events += [Event(others_at + k, 2, 100 + k, MESSAGE, 0, 0, -1) for k in range(9)]
+    events += [Event(back_at, 1, 5, MESSAGE, 0, 0, -1)]
+    state = ak.new_account_state(
+        8, heavy_capacity=2, pair_capacity=ak.PAIR_PROBE, sketch_capacity=0
+    )
+    got = run(state, events)
+    want = reference_columns(ReferenceAccounts(8).update(events))
+    assert got["recipients_24h"][-1] == want["recipients_24h"][-1] == 1
+    assert got["msgs_24h"][-1] == want["msgs_24h"][-1] == 10
+
+
+@pytest.mark.parametrize(
+    ("b_at", "reclaimed"),
+    [
+        (HOUR_START + 23 * HOUR_MS + 2_400_000, False),  # hour H + 23: account 1 is still in window
+        (HOUR_START + 24 * HOUR_MS + 10_000, False),  # lateness reaches back into hour H + 23
+        (HOUR_START + 24 * HOUR_MS + 40_000, True),  # idle for 24 h: reclaimed without loss
+    ],
+)
+def test_heavy_rows_are_reclaimed_only_outside_every_window(b_at, reclaimed):
+    """Heavy pool of 2: account 1 (hour H) and account 3 (recent) hold rows when account 2 needs
+    one. Account 1's row may be reclaimed (no loss) only once hour H can no longer be in a window
+    of any future event of account 1; before that it is evicted (counted as a loss)."""
+    events = [Event(HOUR_START + k, 1, 5, MESSAGE, 0, 0, -1) for k in range(9)]
+    events += [Event(b_at - 60_000 + k, 3, 6, MESSAGE, 0, 0, -1) for k in range(9)]
+    events += [Event(b_at + k, 2, 7, MESSAGE, 0, 0, -1) for k in range(9)]
+    state = ak.new_account_state(8, heavy_capacity=2, pair_capacity=64, sketch_capacity=0)
+    run(state, events)
+    stats = ak.account_state_stats(state)
+    assert (stats["heavy_reclaims"], stats["heavy_evictions"]) == ((1, 0) if reclaimed else (0, 1))
+    if reclaimed:  # lossless: account 1 back later is exactly the reference
+        events.append(Event(b_at + 60_000, 1, 5, MESSAGE, 0, 0, -1))
+        state = ak.new_account_state(8, heavy_capacity=2, pair_capacity=64, sketch_capacity=0)
+        got = run(state, events)
+        assert_features(got, reference_columns(ReferenceAccounts(8).update(events)), events)
+
+
 def test_pair_table_pressure_is_counted_and_memory_fixed():
     events = [Event(T0 + k * 100, 1, 100 + k, MESSAGE, 0, 0, -1) for k in range(200)]
     state = ak.new_account_state(8, heavy_capacity=2, pair_capacity=16, sketch_capacity=0)
@@ -380,6 +433,27 @@ def test_window_edges_are_bucket_aligned():
     got = run(exact_state(), events)
     assert list(got["msgs_1h"]) == [1, 2, 2]
     assert list(got["msgs_15s"]) == [1, 1, 2]
+
+
+def test_ttl_and_lateness_boundaries():
+    """Idle for exactly ttl_s is still alive, one second more is expired; exactly lateness_s behind
+    is applied, one ms more is late."""
+    ttl_s = 3_600
+    events = [
+        Event(T0, 1, 5, MESSAGE, 0, 0, -1),
+        Event(T0 + ttl_s * 1000, 1, 5, MESSAGE, 0, 0, -1),  # idle exactly ttl_s: kept
+        Event(T0 + 2 * ttl_s * 1000 + 1000, 1, 5, MESSAGE, 0, 0, -1),  # ttl_s + 1 s: expired
+        Event(T0 + 2 * ttl_s * 1000 + 1000 - 30_000, 1, 6, MESSAGE, 0, 0, -1),  # 30 s behind
+        Event(T0 + 2 * ttl_s * 1000 + 1000 - 30_001, 1, 7, MESSAGE, 0, 0, -1),  # late
+    ]
+    state = exact_state(ttl_s=ttl_s)
+    reference = ReferenceAccounts(64, ttl_s=ttl_s)
+    got = run(state, events)
+    assert_features(got, reference_columns(reference.update(events)), events)
+    assert list(got["gap_count"]) == [0, 1, 0, 0, 0]
+    assert list(got["late"]) == [False, False, False, False, True]
+    assert list(got["recipients_1h"]) == [1, 1, 1, 2, 2]
+    assert ak.account_state_stats(state)["expirations"] == 1
 
 
 def test_late_events_are_skipped_and_report_current_features():
@@ -445,12 +519,19 @@ def test_long_gaps_are_capped_and_survive_idle_clocks():
     events += [Event(T0 + 25 * HOUR_MS, 1, 5, MESSAGE, 0, 0, -1)]
     events += [Event(T0 + 25 * HOUR_MS + k * day * 20, 2, 1, REPORT, 0, 0, -1) for k in (1, 2)]
     events += [Event(T0 + 25 * HOUR_MS + 50 * day, 1, 5, MESSAGE, 0, 0, -1)]
+    # the clock reaches 2**32 ms (49.7 days) + 1 h past the latest message, then a message: only
+    # the stale mark tells it from one 2 h after the message
+    wrap = T0 + 25 * HOUR_MS + 50 * day + 2**32
+    events += [Event(wrap - 2**32 + k * 20 * day, 2, 1, REPORT, 0, 0, -1) for k in (1, 2)]
+    events += [Event(wrap + HOUR_MS, 2, 1, REPORT, 0, 0, -1)]
+    events += [Event(wrap + 2 * HOUR_MS, 1, 5, MESSAGE, 0, 0, -1)]
     state = exact_state(ttl_s=ak.MAX_TTL_S)
     reference = ReferenceAccounts(64, ttl_s=ak.MAX_TTL_S)
     got = run(state, events)
     assert_features(got, reference_columns(reference.update(events)), events)
     cap_s = decode_gap_ms(encode_gap_ms(ak.GAP_CAP_MS)) / 1000
-    assert got["gap_count"][-1] == 2 and got["gap_mean_s"][-1] == np.float32(cap_s)
+    assert list(got["gap_count"][[3, 6, -1]]) == [1, 2, 3]
+    assert got["gap_mean_s"][-1] == np.float32(cap_s)
 
 
 def test_crowded_pair_table_moves_a_bulk_sender_to_a_sketch():
