@@ -25,6 +25,7 @@ report can say which resource ran out.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import dataclasses
@@ -550,7 +551,7 @@ def _peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
-class Instance:
+class Instance(abc.ABC):
     """One running system process: start, readiness, records consumed, CPU and memory, stop."""
 
     system: str
@@ -607,11 +608,13 @@ class Instance:
             return self.final_cpu_s
         return times.user + times.system
 
+    @abc.abstractmethod
     async def consumed(self) -> int | None:
-        raise NotImplementedError
+        """Records this instance's consumer group has consumed so far."""
 
+    @abc.abstractmethod
     async def ready(self) -> bool:
-        raise NotImplementedError
+        """True once the instance consumes."""
 
     async def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

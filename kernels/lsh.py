@@ -38,6 +38,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from .hashtable import mix64
+
 WAYS = 8  # entries per set in the band and pair tables: one 64-byte cache line of keys
 
 # counts[slot, STAT, bucket]
@@ -116,16 +118,6 @@ def optimal_bands(
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _fmix64(h):
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
-
-
 @njit(cache=True, nogil=True)
 def _band_keys(signatures, bands, rows, seed, selected, out):
     for m in range(signatures.shape[0]):
@@ -134,9 +126,9 @@ def _band_keys(signatures, bands, rows, seed, selected, out):
                 out[m, band] = 0
             continue
         for band in range(bands):
-            h = _fmix64(seed ^ (np.uint64(band + 1) * np.uint64(0x9E3779B97F4A7C15)))
+            h = mix64(seed ^ (np.uint64(band + 1) * np.uint64(0x9E3779B97F4A7C15)))
             for j in range(band * rows, (band + 1) * rows):
-                h = _fmix64(h ^ np.uint64(signatures[m, j]))
+                h = mix64(h ^ np.uint64(signatures[m, j]))
             out[m, band] = h if h != 0 else np.uint64(1)
 
 
@@ -498,7 +490,7 @@ def _store_bands(meta, bands, clusters, now_ms, ttl_ms, keys, m, cid, ts_ms):
 
 @njit(cache=True, nogil=True, inline="always")
 def _pair_set(cid, other, n_sets):
-    return np.int64(_fmix64(np.uint64(cid) ^ _fmix64(other)) & np.uint64(n_sets - 1))
+    return np.int64(mix64(np.uint64(cid) ^ mix64(other)) & np.uint64(n_sets - 1))
 
 
 @njit(cache=True, nogil=True)

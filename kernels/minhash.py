@@ -33,6 +33,8 @@ from numba import njit
 
 from kernels.sha1 import _sha1_hash32_spans
 
+from .hashtable import mix64
+
 SHINGLE_CHARS = 5
 
 URL_PLACEHOLDER = ord("U")
@@ -628,16 +630,6 @@ def sha1_signatures(
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _fmix64(h):
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
-
-
 POLY_BASE = np.uint64(0xA0761D6478BD642F)  # odd multiplier of the rolling polynomial
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 FIRST_PROBE_MAX_BINS = 256  # a 256 x 256 int32 table (256 KiB); larger signatures walk sequences
@@ -662,7 +654,7 @@ def _fast_range(x32, n):
 def _probe(seed, j, attempt, num_bins):
     """Bin that empty bin j probes at its attempt-th try (attempt >= 1), the same for every set."""
     return _fast_range(
-        _fmix64(seed ^ (np.uint64(j) << np.uint64(32)) ^ np.uint64(attempt)) >> np.uint64(32),
+        mix64(seed ^ (np.uint64(j) << np.uint64(32)) ^ np.uint64(attempt)) >> np.uint64(32),
         num_bins,
     )
 
@@ -694,7 +686,7 @@ def _probe_tables(num_bins, seed, first_probes):
 @njit(cache=True, nogil=True, inline="always")
 def _shingle_hash(poly, n_chars, seed):
     """64-bit hash of a shingle from the polynomial of its code points and its length."""
-    return _fmix64((poly ^ seed) + np.uint64(n_chars) * GOLDEN)
+    return mix64((poly ^ seed) + np.uint64(n_chars) * GOLDEN)
 
 
 @njit(cache=True, nogil=True, inline="always")

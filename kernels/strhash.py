@@ -9,20 +9,14 @@ The function is part of the data contract: snapshots and signals depend on it, s
 import numpy as np
 from numba import njit
 
-SEPARATOR = 0xFF  # never occurs in UTF-8 (even with surrogatepass), so it can delimit joined strings
+from .hashtable import mix64
+
+SEPARATOR = (
+    0xFF  # never occurs in UTF-8 (even with surrogatepass), so it can delimit joined strings
+)
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _fmix64(h):
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
 
 
 @njit(cache=True, nogil=True)
@@ -32,14 +26,14 @@ def _hash_joined(buffer, out):
     for i in range(buffer.shape[0]):
         byte = buffer[i]
         if byte == SEPARATOR:
-            h = _fmix64(h)
+            h = mix64(h)
             out[n] = h if h != 0 else np.uint64(1)
             n += 1
             h = _FNV_OFFSET
         else:
             h ^= np.uint64(byte)
             h *= _FNV_PRIME
-    h = _fmix64(h)
+    h = mix64(h)
     out[n] = h if h != 0 else np.uint64(1)
     return n + 1
 
