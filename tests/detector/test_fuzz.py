@@ -164,3 +164,35 @@ def test_a_record_that_breaks_a_kernel_is_isolated(monkeypatch):
     reasons = {d.record: d.reason for d in result.dead_letters}
     assert reasons == {2: DeadLetterReason.PROCESSING_ERROR, 4: DeadLetterReason.INVALID_JSON}
     assert "kernel exploded" in next(d.detail for d in result.dead_letters if d.record == 2)
+
+
+def test_a_failure_after_the_account_stage_does_not_count_events_twice(monkeypatch):
+    """Retrying the content/policy stage record by record must not re-apply account updates."""
+    pipeline, state = fresh_pipeline()
+    poison = "+447700900666"
+    real_assign = pipeline.content.assign
+
+    def fragile_assign(ts_ms, account, *rest):
+        from detector.events import account_id
+
+        if (account == np.uint64(account_id(poison))).any():
+            raise ValueError("content exploded")
+        return real_assign(ts_ms, account, *rest)
+
+    monkeypatch.setattr(pipeline.content, "assign", fragile_assign)
+    raw = [
+        json.dumps({"type": "message", "ts": T0 + i, "account": acct, "peer": f"p{i}"}).encode()
+        for i, acct in enumerate(["a", "a", poison, "a"])
+    ]
+    result = pipeline.process(raw, state)
+    assert result.events.accounts == ["a", "a", "a"]
+    assert {d.record: d.reason for d in result.dead_letters} == {
+        2: DeadLetterReason.PROCESSING_ERROR
+    }
+
+    monkeypatch.setattr(pipeline.content, "assign", real_assign)
+    follow_up = [
+        json.dumps({"type": "message", "ts": T0 + 10, "account": "a", "peer": "q"}).encode()
+    ]
+    after = pipeline.process(follow_up, state)
+    assert int(after.inputs.accounts.msgs_1m[0]) == 4  # three before, once each, plus this one
