@@ -13,22 +13,26 @@ from detector import __version__
 
 log = logging.getLogger("bulkwatch")
 
-_RUN_OPTIONS = (
-    # (flag, settings field, type, help)
-    ("--source", "source", str, "simulator (embedded default) or kafka"),
+# (flag, settings field, type, help)
+_KAFKA_CONNECTION_OPTIONS = (
     ("--bootstrap", "bootstrap", str, "Kafka bootstrap servers, host:port[,host:port]"),
-    ("--topic", "topics", str, "input topic(s), comma-separated (default: events)"),
-    ("--group", "group", str, "Kafka consumer group (default: bulkwatch)"),
-    ("--signals-topic", "signals_topic", str, "topic for ban signals (default: ban-signals)"),
-    ("--dlq-topic", "dlq_topic", str, "topic for dead letters (default: events-dlq)"),
-    ("--batch-size", "batch_size", int, "max records per batch (default: 5000)"),
-    ("--batch-max-wait-ms", "batch_max_wait_ms", int, "max wait to fill a batch (default: 200)"),
     ("--security-protocol", "security_protocol", str, "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     ("--ssl-cafile", "ssl_cafile", str, "CA bundle (PEM) to verify the brokers"),
     ("--ssl-certfile", "ssl_certfile", str, "client certificate (PEM) for mutual TLS"),
     ("--ssl-keyfile", "ssl_keyfile", str, "client key (PEM) for mutual TLS"),
     ("--sasl-mechanism", "sasl_mechanism", str, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
     ("--sasl-username", "sasl_username", str, "SASL user (password: BULKWATCH_SASL_PASSWORD)"),
+)
+
+_RUN_OPTIONS = (
+    ("--source", "source", str, "simulator (embedded default) or kafka"),
+    *_KAFKA_CONNECTION_OPTIONS,
+    ("--topic", "topics", str, "input topic(s), comma-separated (default: events)"),
+    ("--group", "group", str, "Kafka consumer group (default: bulkwatch)"),
+    ("--signals-topic", "signals_topic", str, "topic for ban signals (default: ban-signals)"),
+    ("--dlq-topic", "dlq_topic", str, "topic for dead letters (default: events-dlq)"),
+    ("--batch-size", "batch_size", int, "max records per batch (default: 5000)"),
+    ("--batch-max-wait-ms", "batch_max_wait_ms", int, "max wait to fill a batch (default: 200)"),
     (
         "--metrics-host",
         "metrics_host",
@@ -117,10 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     produce = commands.add_parser(
         "produce",
         help="send simulated traffic to a Kafka topic (a traffic generator)",
-        description="Produce simulator events keyed by account to a Kafka topic, paced or flat out.",
+        description=(
+            "Produce simulator events keyed by account to a Kafka topic, paced or flat out. The "
+            "connection (bootstrap, TLS, SASL) is configured exactly as for `run`: options, a TOML "
+            "file (--config) or BULKWATCH_<NAME> variables; the SASL password only from "
+            "BULKWATCH_SASL_PASSWORD or the file."
+        ),
     )
-    produce.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
-    produce.add_argument("--topic", default="events", help="topic to produce to")
+    produce.add_argument("--config", type=Path, help="TOML settings file (the one `run` uses)")
+    for flag, dest, kind, text in _KAFKA_CONNECTION_OPTIONS:
+        produce.add_argument(flag, dest=dest, type=kind, help=text)
+    produce.add_argument(
+        "--topic", help="topic to produce to (default: the first input topic of the settings)"
+    )
     produce.add_argument(
         "--rate", type=float, help="events per second (default: as fast as possible)"
     )
@@ -162,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
     from detector.app import build_app, run_service
     from detector.config import SettingsError, load_settings
     from detector.policy import PolicyError, load_policy
+    from detector.sources import kafka_client_options
 
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _RUN_OPTIONS}
     overrides["exactly_once"] = args.exactly_once
@@ -170,8 +184,13 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides=overrides)
         policy = load_policy(settings.policy)
+        if settings.source == "kafka":
+            kafka_client_options(settings)  # read the PEM files now: fail before connecting
     except (SettingsError, PolicyError) as exc:
         print(f"bulkwatch: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # ssl.SSLError too: an unreadable or invalid PEM file
+        print(f"bulkwatch: TLS settings: {exc}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(settings.log_level.upper())
     app = build_app(settings, policy, quiet=args.quiet)
@@ -225,21 +244,40 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
+    from detector.config import SettingsError, load_settings
     from detector.simulator import SimulatorConfig
     from detector.sinks import produce_simulation
+    from detector.sources import kafka_client_options
 
+    overrides = {dest: getattr(args, dest) for _, dest, _, _ in _KAFKA_CONNECTION_OPTIONS}
+    overrides["topics"] = args.topic  # validated like the input topics of `run`
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+        if args.topic is not None and len(settings.topics) > 1:
+            raise SettingsError(f"--topic: produce writes to one topic, got {args.topic!r}")
+        # the same connection and security arguments as every client of `run`
+        producer_options = kafka_client_options(settings)
+    except SettingsError as exc:
+        print(f"bulkwatch: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # ssl.SSLError too: an unreadable or invalid PEM file
+        print(f"bulkwatch: TLS settings: {exc}", file=sys.stderr)
+        return 2
+    producer_options["client_id"] = f"{settings.client_id}-produce"
+    topic = settings.topics[0]
     config = SimulatorConfig(accounts=args.accounts, minutes=args.minutes, seed=args.seed)
     sent = asyncio.run(
         produce_simulation(
-            args.bootstrap,
-            args.topic,
+            settings.bootstrap,
+            topic,
             config,
             rate_per_s=args.rate,
             loop=args.loop,
             duration_s=args.duration,
+            producer_options=producer_options,
         )
     )
-    print(f"produced {sent:,} events to {args.topic}", file=sys.stderr)
+    print(f"produced {sent:,} events to {topic}", file=sys.stderr)
     return 0
 
 

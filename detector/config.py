@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -17,6 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from kernels.accounts import MAX_LATENESS_S, MAX_TTL_S
+from kernels.hashtable import MAX_TABLE_CAPACITY
 
 ENV_PREFIX = "BULKWATCH_"
 
@@ -28,7 +33,14 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class SettingsError(ValueError):
-    """A setting is missing, malformed or out of range; the message names it and its origin."""
+    """A setting is missing, malformed or out of range; the message names it and its origin.
+
+    ``setting`` is the name of the offending field when one is to blame.
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,36 +102,163 @@ class Settings:
         return options
 
 
+# Bounds that come from the kernels: the state they size is allocated by kernels.accounts.
+ACCOUNT_CAPACITY_MAX = MAX_TABLE_CAPACITY - 1  # new_account_state: capacity and pair_capacity
+LATENESS_S_MAX = MAX_LATENESS_S  # 6 h
+ACCOUNT_TTL_S_MAX = MAX_TTL_S  # 30 days
+PORT_MAX = 65_535
+TOPIC_NAME_MAX_CHARS = 249  # Kafka's limit on topic names
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+
+
 def _validate(s: Settings) -> None:
-    positive = (
-        "batch_size",
-        "batch_max_wait_ms",
-        "max_inflight_batches",
-        "account_capacity",
-        "cluster_capacity",
-        "account_ttl_s",
-        "sim_accounts",
-        "sim_minutes",
+    """Raise :class:`SettingsError` naming the first setting that is out of range."""
+    integer_ranges = (
+        # (setting, lowest, highest or None, why the limit)
+        ("batch_size", 1, None, ""),
+        ("batch_max_wait_ms", 1, None, ""),
+        ("max_inflight_batches", 1, None, ""),
+        ("account_capacity", 1, ACCOUNT_CAPACITY_MAX, "slots of the account table"),
+        ("cluster_capacity", 1, None, ""),
+        ("lateness_s", 0, LATENESS_S_MAX, "6 h, the account kernel's limit"),
+        ("account_ttl_s", 1, ACCOUNT_TTL_S_MAX, "30 days, the account kernel's limit"),
+        ("metrics_port", 0, PORT_MAX, "0: any free port"),
+        ("sim_accounts", 1, None, ""),
+        ("sim_minutes", 1, None, ""),
+        ("sim_seed", 0, None, "random seeds are non-negative"),
     )
-    for name in positive:
-        if getattr(s, name) <= 0:
-            raise SettingsError(f"{name}: must be > 0, got {getattr(s, name)}")
-    if s.lateness_s < 0:
-        raise SettingsError(f"lateness_s: must be >= 0, got {s.lateness_s}")
-    if not 0 <= s.metrics_port <= 65_535:
-        raise SettingsError(f"metrics_port: must be in 0..65535, got {s.metrics_port}")
-    if not s.topics or any(not t for t in s.topics):
-        raise SettingsError("topics: at least one non-empty topic name is required")
-    if s.rate is not None and s.rate <= 0:
-        raise SettingsError(f"rate: must be > 0 events/s, got {s.rate}")
-    if s.duration_s is not None and s.duration_s <= 0:
-        raise SettingsError(f"duration_s: must be > 0 seconds, got {s.duration_s}")
-    if s.sasl_mechanism and s.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
-        raise SettingsError("sasl_mechanism: needs security_protocol SASL_PLAINTEXT or SASL_SSL")
-    if s.security_protocol.startswith("SASL") and not (s.sasl_mechanism and s.sasl_username):
-        raise SettingsError("security_protocol SASL_*: needs sasl_mechanism and sasl_username")
+    for name, low, high, why in integer_ranges:
+        value = getattr(s, name)
+        if value < low or (high is not None and value > high):
+            if high is not None:
+                limit = f"in [{low}, {high}]"
+            else:
+                limit = "> 0" if low == 1 else f">= {low}"
+            note = f" ({why})" if why else ""
+            raise SettingsError(f"{name}: must be {limit}{note}, got {value}", setting=name)
+    seconds = (
+        ("snapshot_interval_s", s.snapshot_interval_s),
+        ("shutdown_timeout_s", s.shutdown_timeout_s),
+        ("rate", s.rate),
+        ("duration_s", s.duration_s),
+    )
+    for name, value in seconds:
+        # NaN passes every comparison, so finiteness is checked first
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise SettingsError(f"{name}: must be a finite number > 0, got {value}", setting=name)
+    _check_bootstrap(s.bootstrap)
+    if not s.topics:
+        raise SettingsError("topics: at least one topic name is required", setting="topics")
+    for name, topic in [
+        *(("topics", t) for t in s.topics),
+        ("signals_topic", s.signals_topic),
+        ("dlq_topic", s.dlq_topic),
+    ]:
+        _check_topic_name(name, topic)
+    for name in ("signals_topic", "dlq_topic"):
+        if getattr(s, name) in s.topics:
+            raise SettingsError(
+                f"{name}: {getattr(s, name)!r} is also an input topic (the service would read "
+                "its own output)",
+                setting=name,
+            )
+    if s.signals_topic == s.dlq_topic:
+        raise SettingsError(
+            f"dlq_topic: must differ from signals_topic, both are {s.dlq_topic!r}",
+            setting="dlq_topic",
+        )
+    for name in ("group", "client_id", "metrics_host"):
+        if not getattr(s, name).strip():
+            raise SettingsError(f"{name}: must not be empty", setting=name)
+    if s.log_level.upper() not in LOG_LEVELS:
+        raise SettingsError(
+            f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}",
+            setting="log_level",
+        )
+    _check_security(s)
     if s.policy is not None and not Path(s.policy).is_file():
-        raise SettingsError(f"policy: no such file {s.policy!r}")
+        raise SettingsError(f"policy: no such file {s.policy!r}", setting="policy")
+    if (
+        s.snapshot_dir is not None
+        and Path(s.snapshot_dir).exists()
+        and not Path(s.snapshot_dir).is_dir()
+    ):
+        raise SettingsError(
+            f"snapshot_dir: {s.snapshot_dir!r} exists and is not a directory",
+            setting="snapshot_dir",
+        )
+
+
+def _check_bootstrap(bootstrap: str) -> None:
+    """``host[:port]`` entries, comma-separated; IPv6 addresses in brackets when a port follows."""
+    for entry in (part.strip() for part in bootstrap.split(",")):
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ("" if rest else None)  # "": junk after ]
+        elif entry.count(":") == 1:
+            host, port = entry.split(":")
+        else:  # a name, an IPv4 address or a bare IPv6 address: aiokafka's default port 9092
+            host, port = entry, None
+        if not host:
+            raise SettingsError(
+                f"bootstrap: expected host:port[,host:port], got {bootstrap!r}", setting="bootstrap"
+            )
+        if port is not None and not (port.isdigit() and 1 <= int(port) <= PORT_MAX):
+            raise SettingsError(
+                f"bootstrap: port of {entry!r} must be in [1, {PORT_MAX}]", setting="bootstrap"
+            )
+
+
+def _check_topic_name(name: str, topic: str) -> None:
+    if (
+        not _TOPIC_NAME.fullmatch(topic)
+        or len(topic) > TOPIC_NAME_MAX_CHARS
+        or topic in (".", "..")
+    ):
+        raise SettingsError(
+            f"{name}: {topic!r} is not a Kafka topic name (1 to {TOPIC_NAME_MAX_CHARS} of "
+            "A-Z a-z 0-9 . _ -)",
+            setting=name,
+        )
+
+
+def _check_security(s: Settings) -> None:
+    tls = s.security_protocol in _TLS_PROTOCOLS
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(s, name)
+        if path is None:
+            continue
+        if not tls:
+            raise SettingsError(
+                f"{name}: set, but security_protocol {s.security_protocol} does not use TLS "
+                "(use SSL or SASL_SSL)",
+                setting=name,
+            )
+        if not Path(path).is_file():
+            raise SettingsError(f"{name}: no such file {path!r}", setting=name)
+    if s.ssl_keyfile is not None and s.ssl_certfile is None:
+        raise SettingsError(
+            "ssl_keyfile: needs ssl_certfile (the client certificate)", setting="ssl_keyfile"
+        )
+    sasl = s.security_protocol in _SASL_PROTOCOLS
+    if not sasl:
+        for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+            if getattr(s, name) is not None:
+                raise SettingsError(
+                    f"{name}: set, but security_protocol {s.security_protocol} does not use SASL "
+                    "(use SASL_PLAINTEXT or SASL_SSL)",
+                    setting=name,
+                )
+        return
+    for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+        if not getattr(s, name):
+            raise SettingsError(
+                f"{name}: required with security_protocol {s.security_protocol}", setting=name
+            )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -131,8 +270,13 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Merge defaults, the TOML file, ``BULKWATCH_*`` variables and explicit overrides, then validate."""
+    """Merge defaults, the TOML file, ``BULKWATCH_*`` variables and explicit overrides, then validate.
+
+    A value out of range fails with a :class:`SettingsError` that starts with where the value came
+    from (``file: key``, the variable, or ``--option``), then names the setting and its limit.
+    """
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     if config_file is not None:
         path = Path(config_file)
         try:
@@ -142,7 +286,8 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path}: invalid TOML: {exc}") from exc
         for key, value in document.items():
-            values[key] = _coerce(key, value, origin=f"{path}: {key}")
+            origins[key] = f"{path}: {key}"
+            values[key] = _coerce(key, value, origin=origins[key])
     environment = os.environ if env is None else env
     for key, value in environment.items():
         if key.startswith(ENV_PREFIX):
@@ -151,16 +296,18 @@ def load_settings(
                 # tools share the prefix (BULKWATCH_KAFKA_*, BULKWATCH_TEST_*): warn, don't fail
                 log.warning("ignoring %s: not a bulkwatch setting", key)
                 continue
+            origins[name] = key
             values[name] = _coerce(name, value, origin=key, from_text=True)
     for key, value in (overrides or {}).items():
         if value is not None:
-            values[key] = _coerce(key, value, origin=f"--{key.replace('_', '-')}")
+            origins[key] = f"--{key.replace('_', '-')}"
+            values[key] = _coerce(key, value, origin=origins[key])
     try:
         return Settings(**values)
-    except SettingsError:
+    except SettingsError as exc:
+        if exc.setting in origins:
+            raise SettingsError(f"{origins[exc.setting]}: {exc}", setting=exc.setting) from None
         raise
-    except TypeError as exc:  # pragma: no cover - unknown keys are rejected by _coerce first
-        raise SettingsError(str(exc)) from exc
 
 
 def _coerce(name: str, value: Any, *, origin: str, from_text: bool = False) -> Any:
@@ -226,12 +373,16 @@ def settings_fields() -> list[dataclasses.Field[Any]]:
 
 
 def replace(settings: Settings, **changes: Any) -> Settings:
-    """A copy of ``settings`` with validated changes."""
-    return load_settings(env={}, overrides={**dataclasses.asdict(settings), **changes})
+    """A copy of ``settings`` with ``changes`` converted and validated like any other source."""
+    values = {name: _coerce(name, value, origin=name) for name, value in changes.items()}
+    return dataclasses.replace(settings, **values)
 
 
 __all__ = [
+    "ACCOUNT_CAPACITY_MAX",
+    "ACCOUNT_TTL_S_MAX",
     "ENV_PREFIX",
+    "LATENESS_S_MAX",
     "Settings",
     "SettingsError",
     "load_settings",

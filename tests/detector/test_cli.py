@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from detector.cli import main
+import detector.sinks
+from detector.cli import build_parser, main
+from detector.config import ENV_PREFIX, Settings
 from detector.policy import REASON_CODES, default_policy_path
 
 SIGNAL_FIELDS = {
@@ -149,3 +153,168 @@ def test_run_embedded_default_stops_cleanly(tmp_path):
     signal_lines = [line for line in stdout.splitlines() if "reasons=" in line]
     assert signal_lines, stdout[-2000:]
     assert all("+" not in line for line in signal_lines)  # accounts are not printed by default
+
+
+# -- produce: the Kafka connection options of `run` (no broker: the producer is replaced) ----------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate (also usable as the CA that trusts it) and its key, PEM."""
+    assert shutil.which("openssl"), "openssl is needed (deploy/local-kafka.sh uses it too)"
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-nodes", "-days", "1", "-subj", "/CN=bulkwatch test CA"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+@pytest.fixture
+def produced(monkeypatch) -> list[dict]:
+    """Calls of produce_simulation, recorded instead of connecting to a broker."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    calls: list[dict] = []
+
+    async def fake_produce_simulation(bootstrap, topic, config, **kwargs):
+        calls.append({"bootstrap": bootstrap, "topic": topic, "config": config, **kwargs})
+        return 7
+
+    monkeypatch.setattr(detector.sinks, "produce_simulation", fake_produce_simulation)
+    return calls
+
+
+def test_produce_uses_the_same_security_options_as_run(produced, tls_files, monkeypatch, capsys):
+    cert, key = tls_files
+    monkeypatch.setenv("BULKWATCH_SASL_PASSWORD", "s3cret")
+    connection = [
+        *("--bootstrap", "kafka-1:9094,kafka-2:9094", "--security-protocol", "SASL_SSL"),
+        *("--ssl-cafile", cert, "--ssl-certfile", cert, "--ssl-keyfile", key),
+        *("--sasl-mechanism", "SCRAM-SHA-512", "--sasl-username", "generator"),
+    ]
+    code = main(["produce", *connection, "--topic", "events-2", "--accounts", "50", "--loop"])
+    assert code == 0
+    assert "produced 7 events to events-2" in capsys.readouterr().err
+    (call,) = produced
+    assert (call["bootstrap"], call["topic"], call["loop"]) == (
+        "kafka-1:9094,kafka-2:9094",
+        "events-2",
+        True,
+    )
+    assert call["config"].accounts == 50
+    options = call["producer_options"]
+    assert {k: options[k] for k in options if k != "ssl_context"} == {
+        "bootstrap_servers": "kafka-1:9094,kafka-2:9094",
+        "client_id": "bulkwatch-produce",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "generator",
+        "sasl_plain_password": "s3cret",
+    }
+    context = options["ssl_context"]
+    assert isinstance(context, ssl.SSLContext) and context.check_hostname
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    subjects = [dict(x[0] for x in ca["subject"]) for ca in context.get_ca_certs()]
+    assert {"commonName": "bulkwatch test CA"} in subjects
+    # `run` parses the very same flags into the same settings
+    run_args = build_parser().parse_args(["run", *connection])
+    assert Settings(
+        bootstrap=run_args.bootstrap,
+        security_protocol=run_args.security_protocol,
+        ssl_cafile=run_args.ssl_cafile,
+        ssl_certfile=run_args.ssl_certfile,
+        ssl_keyfile=run_args.ssl_keyfile,
+        sasl_mechanism=run_args.sasl_mechanism,
+        sasl_username=run_args.sasl_username,
+        sasl_password="s3cret",
+    ).kafka_security() == {
+        k: v
+        for k, v in options.items()
+        if k not in ("ssl_context", "bootstrap_servers", "client_id")
+    }
+
+
+def test_produce_reads_the_run_config_file(produced, tmp_path, monkeypatch):
+    config = tmp_path / "bulkwatch.toml"
+    config.write_text(
+        'bootstrap = "broker:9095"\ntopics = ["in"]\nsecurity_protocol = "SASL_PLAINTEXT"\n'
+        'sasl_mechanism = "PLAIN"\nsasl_username = "u"\nclient_id = "gen"\n'
+    )
+    monkeypatch.setenv("BULKWATCH_SASL_PASSWORD", "pw")
+    assert main(["produce", "--config", str(config)]) == 0
+    (call,) = produced
+    assert (call["bootstrap"], call["topic"]) == ("broker:9095", "in")
+    options = call["producer_options"]
+    assert options["security_protocol"] == "SASL_PLAINTEXT" and "ssl_context" not in options
+    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("u", "pw")
+    assert options["client_id"] == "gen-produce"
+
+
+def test_produce_defaults_are_the_plaintext_local_broker(produced):
+    assert main(["produce"]) == 0
+    (call,) = produced
+    assert (call["bootstrap"], call["topic"]) == ("127.0.0.1:9092", "events")
+    assert call["producer_options"]["security_protocol"] == "PLAINTEXT"
+    assert "ssl_context" not in call["producer_options"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--security-protocol", "SASL_SSL"],
+            "bulkwatch: sasl_mechanism: required with security_protocol SASL_SSL",
+        ),
+        (["--security-protocol", "TLS"], "--security-protocol: expected one of"),
+        (["--ssl-cafile", "CERT"], "ssl_cafile: set, but security_protocol PLAINTEXT"),
+        (["--security-protocol", "SSL", "--ssl-cafile", "/nonexistent.pem"], "no such file"),
+        (["--security-protocol", "SSL", "--ssl-cafile", "GARBAGE"], "TLS settings:"),
+        (["--bootstrap", "kafka:99999"], "--bootstrap: bootstrap: port of 'kafka:99999'"),
+        (["--topic", "a,b"], "--topic: produce writes to one topic"),
+        (["--topic", "ban-signals"], "signals_topic: 'ban-signals' is also an input topic"),
+    ],
+)
+def test_produce_rejects_bad_connection_settings_before_connecting(
+    produced, tls_files, tmp_path, capsys, args, message
+):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    args = [{"CERT": tls_files[0], "GARBAGE": str(garbage)}.get(a, a) for a in args]
+    assert main(["produce", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert produced == []
+
+
+def test_run_rejects_an_invalid_pem_at_start(produced, tmp_path, capsys):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    args = ["run", "--source", "kafka", "--security-protocol", "SSL", "--ssl-cafile", str(garbage)]
+    assert main(args) == 2
+    assert "bulkwatch: TLS settings:" in capsys.readouterr().err
+
+
+def test_run_and_produce_share_every_kafka_connection_flag():
+    def flags(command: str) -> set[str]:
+        (subparsers,) = [a for a in build_parser()._actions if a.dest == "command"]
+        return {f for a in subparsers.choices[command]._actions for f in a.option_strings}
+
+    connection = {
+        "--bootstrap",
+        "--security-protocol",
+        "--ssl-cafile",
+        "--ssl-certfile",
+        "--ssl-keyfile",
+        "--sasl-mechanism",
+        "--sasl-username",
+        "--config",
+    }
+    assert connection <= flags("run") and connection <= flags("produce")
+    assert "--sasl-password" not in flags("run") | flags("produce")  # secrets stay out of argv
