@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from detector.events import StringColumn
 from kernels import lsh as lsh_kernels
 from kernels import minhash as minhash_kernels
 
@@ -66,6 +67,8 @@ class ClusterFeatures(NamedTuple):
 
 def encode_texts(texts: Sequence[str | None]) -> EncodedTexts:
     """Join, NFKC-normalise (non-ASCII texts only) and UTF-8 encode a batch (None -> "")."""
+    if isinstance(texts, StringColumn):
+        return _encode_column(texts)
     n = len(texts)
     if n == 0:
         empty = np.empty(0, dtype=np.int64)
@@ -89,6 +92,30 @@ def encode_texts(texts: Sequence[str | None]) -> EncodedTexts:
     data = np.frombuffer("\x00".join(nfkc).encode("utf-8", "surrogatepass"), dtype=np.uint8)
     starts, stops = minhash_kernels.split_joined(data, n)
     return EncodedTexts(data, starts, stops, raw, raw_starts, raw_stops)
+
+
+def _encode_column(texts: StringColumn) -> EncodedTexts:
+    """Texts the decoder left in its UTF-8 buffer: only those that are not plain ASCII are decoded
+    and NFKC-normalised here (their normal form is appended to the buffer)."""
+    present = texts.starts >= 0
+    raw_starts = np.where(present, texts.starts, 0)
+    raw_stops = np.where(present, texts.stops, 0)
+    starts, stops = raw_starts.copy(), raw_stops.copy()
+    normal_forms: list[bytes] = []
+    position = texts.data.shape[0]
+    for row in np.flatnonzero(~texts.plain).tolist():
+        text = texts[row]
+        normal = unicodedata.normalize("NFKC", text.replace("\x00", " "))
+        if normal is text:  # already normal (normalize returns its argument then)
+            continue
+        encoded = normal.encode("utf-8", "surrogatepass")
+        starts[row], stops[row] = position, position + len(encoded)
+        position += len(encoded)
+        normal_forms.append(encoded)
+    data = texts.data
+    if normal_forms:
+        data = np.concatenate([data, np.frombuffer(b"".join(normal_forms), dtype=np.uint8)])
+    return EncodedTexts(data, starts, stops, texts.data, raw_starts, raw_stops)
 
 
 class NormalisedTexts(NamedTuple):

@@ -8,13 +8,14 @@ and a reason code. Decoding never raises on bad input.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, overload
 
 import msgspec
 import numpy as np
 
+from kernels import jsonscan
 from kernels.strhash import hash_strings
 
 MAX_ACCOUNT_CHARS = 128
@@ -22,6 +23,7 @@ MAX_TEXT_CHARS = 64 * 1024
 MAX_RECORD_BYTES = 256 * 1024
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00Z
 MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00Z
+MAX_MEMBERS = 1_000_000
 
 
 class EventType(enum.IntEnum):
@@ -76,7 +78,7 @@ class RawEvent(msgspec.Struct, gc=False):
     ip: str | None = None
     country: str | None = None
     account_created: int | None = None
-    members: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    members: Annotated[int, msgspec.Meta(ge=1, le=MAX_MEMBERS)] = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,71 @@ class DeadLetter:
     reason: DeadLetterReason
     detail: str
     raw: bytes
+
+
+class StringColumn(Sequence[str | None]):
+    """A column of optional strings kept as UTF-8 spans of one buffer: row i is
+    ``data[starts[i]:stops[i]]``, or None where ``starts[i] < 0``. Strings are made on access only
+    (the signals need a handful of accounts per batch, not all of them).
+
+    ``plain[i]`` is True when row i is None or ASCII without NUL (text that needs no Unicode
+    normalisation before shingling)."""
+
+    __slots__ = ("data", "plain", "starts", "stops")
+
+    def __init__(
+        self, data: np.ndarray, starts: np.ndarray, stops: np.ndarray, plain: np.ndarray
+    ) -> None:
+        self.data, self.starts, self.stops, self.plain = data, starts, stops, plain
+
+    @classmethod
+    def from_strings(cls, values: Sequence[str | None]) -> StringColumn:
+        encoded = [v.encode("utf-8", "surrogatepass") if v is not None else b"" for v in values]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        stops = np.cumsum(lengths)
+        starts = stops - lengths
+        absent = np.fromiter((v is None for v in values), dtype=np.bool_, count=len(values))
+        starts[absent], stops[absent] = -1, -1
+        plain = np.fromiter(
+            (v is None or (v.isascii() and "\x00" not in v) for v in values),
+            dtype=np.bool_,
+            count=len(values),
+        )
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), starts, stops, plain)
+
+    def __len__(self) -> int:
+        return self.starts.shape[0]
+
+    @overload
+    def __getitem__(self, row: int) -> str | None: ...
+    @overload
+    def __getitem__(self, row: slice) -> list[str | None]: ...
+    def __getitem__(self, row: int | slice) -> str | list[str | None] | None:
+        if isinstance(row, slice):
+            return list(self)[row]
+        start = int(self.starts[row])  # numpy raises IndexError out of range
+        if start < 0:
+            return None
+        return self.data[start : int(self.stops[row])].tobytes().decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str | None]:
+        data = self.data.tobytes()
+        for start, stop in zip(self.starts.tolist(), self.stops.tolist(), strict=True):
+            yield None if start < 0 else data[start:stop].decode("utf-8", "surrogatepass")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (StringColumn, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StringColumn({list(self)!r})"
+
+    def take(self, index: np.ndarray) -> StringColumn:
+        """The rows at ``index`` (sharing the buffer)."""
+        return StringColumn(self.data, self.starts[index], self.stops[index], self.plain[index])
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,20 +169,19 @@ class EventBatch:
     created_ms: np.ndarray
     network: np.ndarray
     record: np.ndarray
-    accounts: list[str]
-    peers: list[str | None]
-    texts: list[str | None]
+    accounts: StringColumn
+    peers: StringColumn
+    texts: StringColumn
 
     def __len__(self) -> int:
         return self.ts_ms.shape[0]
 
     @classmethod
     def empty(cls) -> EventBatch:
-        return _columns([], [])
+        return decode_batch([]).events
 
     def take(self, index: np.ndarray) -> EventBatch:
         """The rows at ``index`` (in that order) as a new batch."""
-        rows = index.tolist()
         return EventBatch(
             ts_ms=self.ts_ms[index],
             account=self.account[index],
@@ -126,9 +192,9 @@ class EventBatch:
             created_ms=self.created_ms[index],
             network=self.network[index],
             record=self.record[index],
-            accounts=[self.accounts[i] for i in rows],
-            peers=[self.peers[i] for i in rows],
-            texts=[self.texts[i] for i in rows],
+            accounts=self.accounts.take(index),
+            peers=self.peers.take(index),
+            texts=self.texts.take(index),
         )
 
 
@@ -147,19 +213,50 @@ def account_id(account: str) -> int:
 
 
 def decode_batch(records: Sequence[bytes]) -> DecodedBatch:
-    """Decode raw JSON records; contract violations become dead letters, never exceptions."""
-    events: list[RawEvent] = []
-    positions: list[int] = []
+    """Decode raw JSON records; contract violations become dead letters, never exceptions.
+
+    Two paths, one result: a Numba scan (``kernels.jsonscan``) reads the plain records of the batch
+    straight into columns; the records it declines (escapes, unknown fields, anything invalid) go
+    through msgspec and the contract checks one by one, which also name the dead letters' reasons.
+    """
+    n = len(records)
+    try:
+        data = np.frombuffer(b"".join(records), dtype=np.uint8)
+    except TypeError:  # a record that is not bytes-like: the slow path names it
+        data = np.empty(0, dtype=np.uint8)
+        scanned = jsonscan.ScannedRecords(n)
+    else:
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, records), dtype=np.int64, count=n), out=offsets[1:])
+        scanned = jsonscan.scan_records(data, offsets, _SCAN_LIMITS)
+
+    slow_rows: list[int] = []
+    slow_events: list[RawEvent] = []
     dead: list[DeadLetter] = []
-    for position, raw in enumerate(records):
-        event, problem = _decode_one(raw)
+    for row in np.flatnonzero(~scanned.accepted).tolist():
+        event, problem = _decode_one(records[row])
         if problem is None:
-            events.append(event)
-            positions.append(position)
+            slow_rows.append(row)
+            slow_events.append(event)
         else:
             reason, detail = problem
-            dead.append(DeadLetter(position, reason, detail, bytes(raw)))
-    return DecodedBatch(_columns(events, positions), dead)
+            dead.append(DeadLetter(row, reason, detail, bytes(records[row])))
+    flags = _scanned_flags(scanned)
+    if slow_rows:
+        data = _merge_slow_rows(scanned, flags, data, slow_rows, slow_events)
+    valid = scanned.accepted
+    valid[slow_rows] = True
+    return DecodedBatch(_columns(scanned, flags, data, np.flatnonzero(valid)), dead)
+
+
+_SCAN_LIMITS = jsonscan.ScanLimits(
+    EVENT_TYPE_NAMES,
+    tuple(name in _PEER_REQUIRED for name in EVENT_TYPE_NAMES),
+    MIN_TS_MS,
+    MAX_TS_MS,
+    MAX_MEMBERS,
+    MAX_RECORD_BYTES,
+)
 
 
 def _decode_one(raw: bytes) -> tuple[RawEvent | None, tuple[DeadLetterReason, str] | None]:
@@ -218,6 +315,14 @@ _TYPING_BITS = {None: 0, False: int(Flag.TYPING_KNOWN), True: int(Flag.TYPING_KN
 _GROUP_CHAT, _HAS_TEXT = int(Flag.GROUP_CHAT), int(Flag.HAS_TEXT)
 _FORWARDED, _BUSINESS = int(Flag.FORWARDED), int(Flag.BUSINESS)
 
+# the scan's boolean field k is known at bit 2k and true at bit 2k + 1 of ``booleans``
+_BOOLEAN_BITS = {
+    jsonscan.F_IN_CONTACTS: (Flag.CONTACT_KNOWN, Flag.IN_CONTACTS),
+    jsonscan.F_FORWARDED: (0, Flag.FORWARDED),
+    jsonscan.F_TYPING: (Flag.TYPING_KNOWN, Flag.TYPING),
+    jsonscan.F_BUSINESS: (0, Flag.BUSINESS),
+}
+
 
 def _flags(event: RawEvent) -> int:
     return (
@@ -230,36 +335,85 @@ def _flags(event: RawEvent) -> int:
     )
 
 
-def _columns(events: list[RawEvent], positions: list[int]) -> EventBatch:
-    n = len(events)
-    accounts = [e.account for e in events]
-    peers = [e.peer for e in events]
-    peer_ids = _optional_ids(peers)
-    network_ids = _optional_ids([e.ip for e in events])
-    types = np.fromiter((_TYPE_CODES[e.type] for e in events), dtype=np.uint8, count=n)
-    created = np.fromiter(
-        (e.account_created if e.account_created is not None else -1 for e in events),
-        dtype=np.int64,
-        count=n,
-    )
-    ts_ms = np.fromiter((e.ts for e in events), dtype=np.int64, count=n)
+def _scanned_flags(scanned: jsonscan.ScannedRecords) -> np.ndarray:
+    booleans = scanned.booleans.astype(np.uint16)
+    flags = np.where(scanned.group_chat, _GROUP_CHAT, 0).astype(np.uint16)
+    flags |= np.where(scanned.spans[:, jsonscan.SPAN_TEXT, 0] >= 0, _HAS_TEXT, 0).astype(np.uint16)
+    for pair, field in enumerate(jsonscan.BOOLEAN_FIELDS):
+        known_flag, true_flag = _BOOLEAN_BITS[field]
+        flags |= ((booleans >> (2 * pair)) & 1) * int(known_flag)
+        flags |= ((booleans >> (2 * pair + 1)) & 1) * int(true_flag)
+    return flags
+
+
+def _merge_slow_rows(
+    scanned: jsonscan.ScannedRecords,
+    flags: np.ndarray,
+    data: np.ndarray,
+    rows: list[int],
+    events: list[RawEvent],
+) -> np.ndarray:
+    """Write the slowly decoded events into the scan's columns; returns the string buffer with
+    their strings appended (the scan's spans point into ``data``)."""
+    scanned.type[rows] = [_TYPE_CODES[e.type] for e in events]
+    scanned.ts_ms[rows] = [e.ts for e in events]
+    scanned.created_ms[rows] = [c if (c := e.account_created) is not None else -1 for e in events]
+    scanned.members[rows] = [e.members for e in events]
+    flags[rows] = [_flags(e) for e in events]
+    scanned.ids[rows, 0] = hash_strings([e.account for e in events])
+    scanned.ids[rows, 1] = _optional_ids([e.peer for e in events])
+    scanned.ids[rows, 2] = _optional_ids([e.ip for e in events])
+    scanned.text_ascii[rows] = [
+        e.text is None or (e.text.isascii() and "\x00" not in e.text) for e in events
+    ]
+    extra: list[bytes] = []
+    position = data.shape[0]
+    for row, event in zip(rows, events, strict=True):
+        for span, value in (
+            (jsonscan.SPAN_ACCOUNT, event.account),
+            (jsonscan.SPAN_PEER, event.peer),
+            (jsonscan.SPAN_TEXT, event.text),
+        ):
+            if value is None:
+                scanned.spans[row, span] = -1
+                continue
+            encoded = value.encode("utf-8", "surrogatepass")
+            scanned.spans[row, span] = (position, position + len(encoded))
+            position += len(encoded)
+            extra.append(encoded)
+    return np.concatenate([data, np.frombuffer(b"".join(extra), dtype=np.uint8)])
+
+
+def _columns(
+    scanned: jsonscan.ScannedRecords, flags: np.ndarray, data: np.ndarray, rows: np.ndarray
+) -> EventBatch:
+    types = scanned.type[rows]
+    ts_ms = scanned.ts_ms[rows]
+    created = scanned.created_ms[rows]
     is_registration = types == EventType.REGISTRATION
     created[is_registration] = ts_ms[is_registration]
-    members = np.fromiter((e.members for e in events), dtype=np.int32, count=n)
+    members = scanned.members[rows]
     members[types != EventType.GROUP_ADD] = 0
+    spans = scanned.spans[rows]
+    ids = scanned.ids[rows]
+    everything_plain = np.ones(len(rows), dtype=np.bool_)
+
+    def column(span: int, plain: np.ndarray) -> StringColumn:
+        return StringColumn(data, spans[:, span, 0].copy(), spans[:, span, 1].copy(), plain)
+
     return EventBatch(
         ts_ms=ts_ms,
-        account=hash_strings(accounts),
-        peer=peer_ids,
+        account=ids[:, 0].copy(),
+        peer=ids[:, 1].copy(),
         type=types,
-        flags=np.fromiter((_flags(e) for e in events), dtype=np.uint16, count=n),
+        flags=flags[rows],
         members=members,
         created_ms=created,
-        network=network_ids,
-        record=np.asarray(positions, dtype=np.int64),
-        accounts=accounts,
-        peers=peers,
-        texts=[e.text for e in events],
+        network=ids[:, 2].copy(),
+        record=rows.astype(np.int64),
+        accounts=column(jsonscan.SPAN_ACCOUNT, everything_plain),
+        peers=column(jsonscan.SPAN_PEER, everything_plain),
+        texts=column(jsonscan.SPAN_TEXT, scanned.text_ascii[rows]),
     )
 
 

@@ -19,6 +19,17 @@ _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def hash_span(data, start, stop):
+    """The id of the UTF-8 string data[start:stop] (same as ``hash_strings``)."""
+    h = _FNV_OFFSET
+    for i in range(start, stop):
+        h ^= np.uint64(data[i])
+        h *= _FNV_PRIME
+    h = mix64(h)
+    return h if h != 0 else np.uint64(1)
+
+
 @njit(cache=True, nogil=True)
 def _hash_joined(buffer, out):
     n = 0

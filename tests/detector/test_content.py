@@ -7,6 +7,7 @@ import pytest
 from datasketch import MinHash, MinHashLSH
 
 from detector.content import ClusterFeatures, ContentClusters, encode_texts, shingles, signatures
+from detector.events import StringColumn
 from detector.simulator import DEFAULT_SMS_PATH
 from kernels.minhash import EMPTY_32
 from tests.kernels import reference_content as ref
@@ -74,6 +75,20 @@ def test_encode_texts_handles_none_nul_and_non_ascii():
         raw[a:b].decode("utf-8") for a, b in zip(enc.raw_starts, enc.raw_stops, strict=True)
     ]
     assert originals == ["abc", "", "ﬁ x", "", "Ünï"]
+
+
+def test_texts_left_in_the_decoders_buffer_encode_like_python_strings():
+    texts = ["abc", None, "ﬁ\x00x", "", "Ünï", "ＷＩＮ now", *sms_texts()[:500]]
+    texts += random_unicode_texts(300, 3)
+    column = StringColumn.from_strings(texts)
+    for scheme in ("fast", "affine32"):
+        expected = signatures(texts, num_perm=64, seed=3, scheme=scheme)
+        assert np.array_equal(signatures(column, num_perm=64, seed=3, scheme=scheme), expected)
+    enc = encode_texts(column)
+    raw = enc.raw.tobytes()
+    spans = zip(enc.raw_starts, enc.raw_stops, strict=True)
+    originals = [raw[a:b].decode("utf-8", "surrogatepass") for a, b in spans]
+    assert originals == [t or "" for t in texts]
 
 
 # -- signatures ----------------------------------------------------------------------------------
