@@ -66,9 +66,11 @@ Age: from the ``registration`` event's time if one was seen, else the first ``ac
 carried by a message, else unknown (NaN); kept to the second. Group ``members`` per event are
 clamped to [0, 65535].
 
-Speed: the batch kernel prefetches the memory of the events a few positions ahead (account slot,
-then heavy row and recipient pair) and runs without reference counting (``_nrt=False``: it allocates
-nothing). Numba's on-disk cache (``cache=True``) is keyed on each function's own file: after changing
+Speed: the batch kernel hashes each event once (subject, home slot, peer fingerprint, kept in a
+small ring) and prefetches the memory of the events a few positions ahead (account slot, then heavy
+row and recipient pair); it runs without reference counting (``_nrt=False``: it allocates nothing).
+State arrays start on a cache line (a light row is two lines) and their pages are written at
+creation, so no page fault lands in a batch. Numba's on-disk cache (``cache=True``) is keyed on each function's own file: after changing
 ``hll.py`` or ``hashtable.py``, clear ``kernels/__pycache__`` (or bump NUMBA_CACHE_DIR) so callers in
 ``accounts.py`` are recompiled.
 """
@@ -89,7 +91,7 @@ from numba.cpython.unsafe.numbers import leading_zeros
 from . import hll
 from .hashtable import MAX_TABLE_CAPACITY, fingerprint32, home_slot, prefetch
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: pair placement (_pair_home) changed
 
 # Event types and flag bits of the columnar batch (docs/architecture.md).
 MESSAGE, REGISTRATION, REPORT, BLOCK, GROUP_CREATE, GROUP_ADD = 0, 1, 2, 3, 4, 5
@@ -116,6 +118,7 @@ PAIR_PROBE = 8  # probe window of the pair table
 SKETCH_RETRY = 64  # a denied account asks for a sketch again every 64 new recipients
 SKETCH_UNDER_PRESSURE = 64  # recipients from which a sender takes a sketch when pairs are crowded
 
+CACHE_LINE = 64
 NO_INDEX = 0xFFFFFFFF
 NO_TIME = -(1 << 62)
 _BIG = 1 << 62
@@ -317,6 +320,18 @@ def _state_shapes(capacity: int, heavy: int, pairs: int, sketches: int) -> dict[
     }
 
 
+def _zeros_aligned(shape: tuple, dtype) -> np.ndarray:
+    """Zeroed C-contiguous array whose data starts on a cache line (numpy only guarantees 16 bytes):
+    a 128-byte light row then spans two cache lines, not three. The zeros are written here, so the
+    pages are mapped at creation and not by page faults in the first batches."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    buffer = np.empty(nbytes + CACHE_LINE, dtype=np.uint8)
+    buffer.fill(0)
+    offset = -buffer.ctypes.data % CACHE_LINE
+    return buffer[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
 def new_account_state(
     capacity: int,
     *,
@@ -355,7 +370,7 @@ def new_account_state(
         if not isinstance(value, int | np.integer) or not low <= value <= high:
             raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     shapes = _state_shapes(capacity, heavy_capacity, pair_capacity, sketch_capacity)
-    arrays = {name: np.zeros(shape, dtype=_STATE_DTYPES[name]) for name, shape in shapes.items()}
+    arrays = {name: _zeros_aligned(shape, _STATE_DTYPES[name]) for name, shape in shapes.items()}
     arrays["rows"][:, L_HEAVY] = NO_INDEX
     arrays["heavy"][:, H_OWNER] = NO_INDEX
     arrays["pairs"][:, PAIR_OWNER] = NO_INDEX
@@ -532,10 +547,11 @@ def _reset_row(rows, heavy, sketch_meta, slot, now):
 
 
 @njit(cache=True, nogil=True)
-def _find_account(keys, rows, key, now_s, ttl_s, probe):
-    """Slot of a live (not expired) account, or -1. Never modifies the table."""
+def _find_account(keys, rows, key, home, now_s, ttl_s, probe):
+    """Slot of a live (not expired) account (``home``: its home slot), or -1. Never modifies the
+    table."""
     cap = keys.shape[0]
-    slot = home_slot(key, cap)
+    slot = home
     for _ in range(probe):
         k = keys[slot]
         if k == key:
@@ -551,11 +567,13 @@ def _find_account(keys, rows, key, now_s, ttl_s, probe):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _claim_account(keys, rows, heavy, sketch_meta, counters, key, ts_s, now_s, ttl_s, probe):
-    """Slot of ``key``, inserting it (first empty or expired slot of the probe window, else the
-    least recently active one is evicted). An expired account is reset in place."""
+def _claim_account(
+    keys, rows, heavy, sketch_meta, counters, key, home, ts_s, now_s, ttl_s, probe
+):  # fmt: skip
+    """Slot of ``key`` (home slot ``home``), inserting it (first empty or expired slot of the probe
+    window, else the least recently active one is evicted). An expired account is reset in place."""
     cap = keys.shape[0]
-    slot = home_slot(key, cap)
+    slot = home
     reuse = -1
     victim = -1
     victim_clock = _BIG
@@ -777,6 +795,13 @@ def _bump(heavy, hidx, idx, delta):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _bump_1h(heavy, hidx, base, field, delta):
+    """Add ``delta`` to a field of the 1 h bucket at ``base`` and to its running total."""
+    heavy[hidx, base + field] = np.int64(heavy[hidx, base + field]) + delta
+    heavy[hidx, H_TOT_1H + field] = np.int64(heavy[hidx, H_TOT_1H + field]) + delta
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _bump_recipient(heavy, hidx, business, ts, delta):
     """Count (+1) or uncount (-1) a recipient last messaged at ``ts`` in the distinct histograms."""
     clock = np.int64(heavy[hidx, H_CLOCK])
@@ -800,9 +825,11 @@ def _bump_recipient(heavy, hidx, business, ts, delta):
 @njit(cache=True, nogil=True, inline="always")
 def _pair_home(hidx, business, fp, cap):
     """First probe slot of a pair (independent of the generation, so it can be prefetched from the
-    light row alone)."""
-    key = (np.uint64(hidx) << np.uint64(32)) | np.uint64(fp)
-    return home_slot(key ^ (np.uint64(business + 1) * np.uint64(0x9E3779B97F4A7C15)), cap)
+    light row alone). ``fp`` is already a uniform 32-bit hash: xor-ing it with a multiplicative
+    hash of (row, business) keeps it uniform and separates the rows (no second ``fmix64``)."""
+    row = (np.uint64(hidx) << np.uint64(1)) + np.uint64(business + 1)
+    h = np.uint64(fp) ^ ((row * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32))
+    return np.int64((h * np.uint64(cap)) >> np.uint64(32))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -963,8 +990,10 @@ def _recipient_seen(
     if found >= 0:
         last = np.int64(pairs[found, PAIR_LAST])
         if ts > last:
-            _bump_recipient(heavy, hidx, business, last, -1)
-            _bump_recipient(heavy, hidx, business, ts, 1)
+            # Moving within one 5 min bucket (hence within one hour) changes no count.
+            if _div(ts, B1H_S) != _div(last, B1H_S):
+                _bump_recipient(heavy, hidx, business, last, -1)
+                _bump_recipient(heavy, hidx, business, ts, 1)
             pairs[found, PAIR_LAST] = ts
         return
     sk = np.int64(heavy[hidx, H_SKETCH + business])
@@ -1016,21 +1045,17 @@ def _heavy_apply(
             _bump(heavy, hidx, H_TOT_15M, 1)
         if _in_window(ts, clock, B1H_S, N1H):
             base = H_RING_1H + _mod(_div(ts, B1H_S), N1H) * NF1
-            fields = np.int64(1) << F1_MSGS
-            if flags & CONTACT_KNOWN:
-                fields |= np.int64(1) << F1_CONTACT_KNOWN
-                if not flags & IN_CONTACTS:
-                    fields |= np.int64(1) << F1_NON_CONTACT
-            if flags & FORWARDED:
-                fields |= np.int64(1) << F1_FORWARDED
-            if flags & TYPING_KNOWN:
-                fields |= np.int64(1) << F1_TYPING_KNOWN
-                if not flags & TYPING:
-                    fields |= np.int64(1) << F1_NO_TYPING
-            for f in range(F1_NO_TYPING + 1):
-                if fields >> f & 1:
-                    _bump(heavy, hidx, base + f, 1)
-                    _bump(heavy, hidx, H_TOT_1H + f, 1)
+            # 0/1 increments without branches: the flags are data, their branches mispredict.
+            known = np.int64((flags & CONTACT_KNOWN) != 0)
+            typing_known = np.int64((flags & TYPING_KNOWN) != 0)
+            non_contact = known & np.int64((flags & IN_CONTACTS) == 0)
+            no_typing = typing_known & np.int64((flags & TYPING) == 0)
+            _bump_1h(heavy, hidx, base, F1_MSGS, 1)
+            _bump_1h(heavy, hidx, base, F1_CONTACT_KNOWN, known)
+            _bump_1h(heavy, hidx, base, F1_NON_CONTACT, non_contact)
+            _bump_1h(heavy, hidx, base, F1_FORWARDED, np.int64((flags & FORWARDED) != 0))
+            _bump_1h(heavy, hidx, base, F1_TYPING_KNOWN, typing_known)
+            _bump_1h(heavy, hidx, base, F1_NO_TYPING, no_typing)
         if _in_window(ts, clock, B24H_S, N24H):
             base = H_RING_24H + _mod(_div(ts, B24H_S), N24H) * NF24
             if heavy[hidx, base + F24_MSGS] == 0:
@@ -1204,6 +1229,7 @@ def _zero_features(counts, reals, gap_counts, active_hours, i):
 
 PREFETCH_SLOT = 8
 PREFETCH_ROWS = 4
+HASH_RING = 16  # > PREFETCH_SLOT, a power of two
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -1212,15 +1238,21 @@ def _subject(kind, account, peer):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _prefetch_slot(keys, rows, subject):
+def _hash_ahead(keys, rows, hashes, i, kind, account, peer):
+    """Hash event ``i`` once (subject, its home slot, the peer fingerprint) into the ring
+    ``hashes`` and prefetch its home slot."""
+    subject = _subject(kind, account, peer)
     slot = home_slot(subject, keys.shape[0])
+    r = i & (HASH_RING - 1)
+    hashes[r, 0] = subject
+    hashes[r, 1] = slot
+    hashes[r, 2] = fingerprint32(peer)
     prefetch(keys, slot, 0)
     prefetch(rows, slot, 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _prefetch_rows(keys, rows, heavy, pairs, subject, kind, ts_ms, peer, flags):
-    slot = home_slot(subject, keys.shape[0])
+def _prefetch_rows(keys, rows, heavy, pairs, subject, slot, fp, kind, ts_ms, peer, flags):
     if keys[slot] != subject:
         return
     hidx = np.int64(rows[slot, L_HEAVY])
@@ -1237,7 +1269,6 @@ def _prefetch_rows(keys, rows, heavy, pairs, subject, kind, ts_ms, peer, flags):
     prefetch(heavy, hidx, bucket_24h)
     prefetch(heavy, hidx, bucket_24h + NF24 - 1)
     if kind == MESSAGE and peer != 0:
-        fp = fingerprint32(peer)
         prefetch(pairs, _pair_home(hidx, 0, fp, pairs.shape[0]), 0)
         if flags & BUSINESS:
             prefetch(pairs, _pair_home(hidx, 1, fp, pairs.shape[0]), 0)
@@ -1249,7 +1280,7 @@ def _prefetch_rows(keys, rows, heavy, pairs, subject, kind, ts_ms, peer, flags):
 def _update_accounts(
     keys, rows, heavy, pairs, sketch_regs, sketch_meta, params, counters,
     ts_ms, account, peer, event_type, flags, members, created_ms,
-    counts, reals, gap_counts, active_hours, late,
+    counts, reals, gap_counts, active_hours, late, hashes,
 ):  # fmt: skip
     lateness_s = params[P_LATENESS_S]
     lateness_ms = lateness_s * 1000
@@ -1258,21 +1289,25 @@ def _update_accounts(
     exact = params[P_EXACT_RECIPIENTS]
     n = ts_ms.shape[0]
     for i in range(min(PREFETCH_SLOT, n)):
-        _prefetch_slot(keys, rows, _subject(event_type[i], account[i], peer[i]))
+        _hash_ahead(keys, rows, hashes, i, np.int64(event_type[i]), account[i], peer[i])
     for i in range(n):
         ahead = i + PREFETCH_SLOT
         if ahead < n:
-            _prefetch_slot(keys, rows, _subject(event_type[ahead], account[ahead], peer[ahead]))
+            kind = np.int64(event_type[ahead])
+            _hash_ahead(keys, rows, hashes, ahead, kind, account[ahead], peer[ahead])
         ahead = i + PREFETCH_ROWS
         if ahead < n:
-            kind = np.int64(event_type[ahead])
+            r = ahead & (HASH_RING - 1)
             _prefetch_rows(
-                keys, rows, heavy, pairs, _subject(kind, account[ahead], peer[ahead]), kind,
-                ts_ms[ahead], peer[ahead], flags[ahead],
+                keys, rows, heavy, pairs, hashes[r, 0], np.int64(hashes[r, 1]),
+                np.uint32(hashes[r, 2]), np.int64(event_type[ahead]), ts_ms[ahead], peer[ahead],
+                flags[ahead],
             )  # fmt: skip
         ts = ts_ms[i]
         kind = np.int64(event_type[i])
-        subject = _subject(kind, account[i], peer[i])
+        r = i & (HASH_RING - 1)
+        subject = hashes[r, 0]
+        home = np.int64(hashes[r, 1])
         now_ms = counters[C_NOW_MS]
         counters[C_EVENTS] += 1
         if now_ms != NO_TIME and ts < now_ms - lateness_ms:
@@ -1280,7 +1315,7 @@ def _update_accounts(
             late[i] = True
             slot = -1
             if subject != 0:
-                slot = _find_account(keys, rows, subject, _div(now_ms, 1000), ttl_s, probe)
+                slot = _find_account(keys, rows, subject, home, _div(now_ms, 1000), ttl_s, probe)
             if slot < 0:
                 _zero_features(counts, reals, gap_counts, active_hours, i)
                 continue
@@ -1298,7 +1333,7 @@ def _update_accounts(
             ts_s = _div(ts, 1000)
             dead_hour = _div(max(now_s - lateness_s, 0), B24H_S) - N24H
             slot = _claim_account(
-                keys, rows, heavy, sketch_meta, counters, subject, ts_s, now_s, ttl_s, probe
+                keys, rows, heavy, sketch_meta, counters, subject, home, ts_s, now_s, ttl_s, probe
             )
             old_clock = np.int64(rows[slot, L_NOW])
             clock = max(old_clock, ts_s)
@@ -1315,7 +1350,7 @@ def _update_accounts(
             has_peer = True
             if kind == MESSAGE:
                 has_peer = peer[i] != 0
-                aux = np.int64(fingerprint32(peer[i]))
+                aux = np.int64(hashes[r, 2])
             elif kind == GROUP_ADD:
                 aux = min(max(np.int64(members[i]), 0), MAX_MEMBERS_PER_EVENT)
             hidx = np.int64(rows[slot, L_HEAVY])
@@ -1408,7 +1443,8 @@ def update_accounts(
             raise ValueError(
                 f"ts_ms must lie in [0, {MAX_TS_MS}), got [{ts_ms.min()}, {ts_ms.max()}]"
             )
-        _update_accounts(*state, *columns, counts, reals, gap_counts, active_hours, late)
+        hashes = np.empty((HASH_RING, 4), dtype=np.uint64)  # scratch of the batch kernel
+        _update_accounts(*state, *columns, counts, reals, gap_counts, active_hours, late, hashes)
     features = dict(zip(COUNT_FIELDS, counts, strict=True))
     features.update(zip(REAL_FIELDS, reals, strict=True))
     features.update(gap_count=gap_counts, active_hours_24h=active_hours, late=late)
@@ -1559,8 +1595,11 @@ def load_account_state(path: str | Path) -> tuple[AccountState, int]:
     event_time_ms = int(event_time[0])
     if checksum.tobytes() != _digest(arrays, event_time_ms):
         raise ValueError(f"{path}: checksum mismatch (corrupt or modified account state)")
-    arrays = {name: np.require(a, requirements=("C", "W")) for name, a in arrays.items()}
-    return AccountState(**arrays), event_time_ms
+    aligned = {}
+    for name, array in arrays.items():
+        aligned[name] = _zeros_aligned(array.shape, array.dtype)
+        aligned[name][...] = array
+    return AccountState(**aligned), event_time_ms
 
 
 def warm_up() -> float:
