@@ -103,8 +103,12 @@ def _encode_column(texts: StringColumn) -> EncodedTexts:
     starts, stops = raw_starts.copy(), raw_stops.copy()
     normal_forms: list[bytes] = []
     position = texts.data.shape[0]
-    for row in np.flatnonzero(~texts.plain).tolist():
-        text = texts[row]
+    view = memoryview(texts.data)
+    rows = np.flatnonzero(~texts.plain)
+    for row, start, stop in zip(
+        rows.tolist(), texts.starts[rows].tolist(), texts.stops[rows].tolist(), strict=True
+    ):
+        text = str(view[start:stop], "utf-8", "surrogatepass")
         normal = unicodedata.normalize("NFKC", text.replace("\x00", " "))
         if normal is text:  # already normal (normalize returns its argument then)
             continue

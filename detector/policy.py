@@ -709,21 +709,30 @@ def make_signals(
     cooldown_ms = policy.cooldown_s * 1000.0
     signals: list[BanSignal] = []
     shadow_columns = [c for c, r in enumerate(RULES) if policy.mode(r.code) == "shadow"]
-    for row in flagged.tolist():
-        subject = int(subject_ids[row])
-        enforced = _capped(policy, inputs, decisions, row, subject, shadow=False)
-        shadow = _capped(policy, inputs, decisions, row, subject, shadow=True)
-        ts_ms = int(batch.ts_ms[row])
-        if enforced > 0 and gate.admit(subject, False, enforced, ts_ms, cooldown_ms):
+    flagged_subjects = subject_ids[flagged]
+    enforced = _capped(policy, inputs, decisions, flagged, flagged_subjects, shadow=False)
+    shadow = _capped(policy, inputs, decisions, flagged, flagged_subjects, shadow=True)
+    shadow_differs = (shadow > enforced) | (
+        (shadow > 0) & decisions.fired[flagged][:, shadow_columns].any(axis=1)
+    )
+    for row, subject, enforced_action, shadow_action, differs, ts_ms in zip(
+        flagged.tolist(),
+        flagged_subjects.tolist(),
+        enforced.tolist(),
+        shadow.tolist(),
+        shadow_differs.tolist(),
+        batch.ts_ms[flagged].tolist(),
+        strict=True,
+    ):
+        if enforced_action > 0 and gate.admit(subject, False, enforced_action, ts_ms, cooldown_ms):
             signals.append(
-                _signal(policy, inputs, decisions, row, enforced, False, emitted_at, exemplar)
+                _signal(
+                    policy, inputs, decisions, row, enforced_action, False, emitted_at, exemplar
+                )
             )
-        shadow_differs = shadow > enforced or (
-            shadow > 0 and any(decisions.fired[row, c] for c in shadow_columns)
-        )
-        if shadow_differs and gate.admit(subject, True, shadow, ts_ms, cooldown_ms):
+        if differs and gate.admit(subject, True, shadow_action, ts_ms, cooldown_ms):
             signals.append(
-                _signal(policy, inputs, decisions, row, shadow, True, emitted_at, exemplar)
+                _signal(policy, inputs, decisions, row, shadow_action, True, emitted_at, exemplar)
             )
     return signals
 
@@ -732,30 +741,35 @@ def _capped(
     policy: Policy,
     inputs: RuleInputs,
     decisions: Decisions,
-    row: int,
-    subject: int,
+    rows: np.ndarray,
+    subject_ids: np.ndarray,
     *,
     shadow: bool,
-) -> int:
-    action = int((decisions.shadow_action if shadow else decisions.action)[row])
-    if action == 0:
-        return 0
-    if subject in policy.allowlist:
-        action = min(action, policy.allowlist_max_action)
-    if inputs.is_business[row]:
-        # business senders: volume alone (the tier) never bans
-        non_volume = ("GROUP_SPAM", "NEGATIVE_FEEDBACK")
-        if not any(_fired(policy, decisions, row, code, shadow) for code in non_volume):
-            action = min(action, policy.business_max_volume_action)
+) -> np.ndarray:
+    """The action of each row after the allowlist and business caps (0 stays 0)."""
+    action = (decisions.shadow_action if shadow else decisions.action)[rows].astype(np.int64)
+    if policy.allowlist:
+        allowed = np.isin(subject_ids, np.fromiter(policy.allowlist, dtype=np.uint64))
+        action[allowed] = np.minimum(action[allowed], int(policy.allowlist_max_action))
+    # business senders: volume alone (the tier) never bans
+    non_volume = [
+        REASON_CODES.index(code)
+        for code in ("GROUP_SPAM", "NEGATIVE_FEEDBACK")
+        if _counts(policy.mode(code), shadow)
+    ]
+    volume_only = inputs.is_business[rows] & ~decisions.fired[rows][:, non_volume].any(axis=1)
+    action[volume_only] = np.minimum(action[volume_only], int(policy.business_max_volume_action))
     return action
 
 
+def _counts(mode: str, shadow: bool) -> bool:
+    """Whether a rule in ``mode`` takes part in enforced (or, with ``shadow``, shadow) actions."""
+    return mode == "enforce" or (shadow and mode == "shadow")
+
+
 def _fired(policy: Policy, decisions: Decisions, row: int, code: str, shadow: bool) -> bool:
-    mode = policy.mode(code)
     column = REASON_CODES.index(code)
-    return bool(decisions.fired[row, column]) and (
-        mode == "enforce" or (shadow and mode == "shadow")
-    )
+    return bool(decisions.fired[row, column]) and _counts(policy.mode(code), shadow)
 
 
 def _signal(
