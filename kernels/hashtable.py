@@ -53,12 +53,13 @@ def fingerprint32(key):
 
 @intrinsic
 def prefetch(typingctx, array, row, col):
-    """Hint the CPU to fetch the cache line of ``array[row, col]`` (``array[row]`` if 1-D).
+    """Hint the CPU to fetch the cache line of ``array[row, col]`` (``array[row]`` if 1-D,
+    ``array[row, col, 0]`` if 3-D).
 
     A prefetch never faults and has no visible effect besides timing; the kernels use it to start
     the memory accesses of the next events while the current one is processed.
     """
-    if not isinstance(array, types.Array) or array.ndim not in (1, 2):
+    if not isinstance(array, types.Array) or array.ndim not in (1, 2, 3):
         return None
     if not isinstance(row, types.Integer) or not isinstance(col, types.Integer):
         return None
@@ -70,6 +71,7 @@ def prefetch(typingctx, array, row, col):
         indices = [
             context.cast(builder, args[1], row_type, types.intp),
             context.cast(builder, args[2], col_type, types.intp),
+            context.get_constant(types.intp, 0),
         ][: array_type.ndim]
         pointer = cgutils.get_item_pointer2(
             context,

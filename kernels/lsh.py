@@ -38,9 +38,14 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .hashtable import mix64
+from .hashtable import mix64, prefetch
 
 WAYS = 8  # entries per set in the band and pair tables: one 64-byte cache line of keys
+# A message's band lookups, and then the clusters they name, are random accesses into tables far
+# larger than the caches: the band sets of the message PREFETCH_BANDS positions ahead are
+# prefetched, and the cluster rows of the one PREFETCH_CLUSTERS ahead (its band sets now cached).
+PREFETCH_BANDS = 8
+PREFETCH_CLUSTERS = 4
 
 # counts[slot, STAT, bucket]
 STAT_MESSAGES = 0
@@ -601,6 +606,32 @@ def _new_cluster(
     return slot, cid
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_cluster(
+    bands, clusters, counts, senders, recipients, keys, m, account, peer, set_mask
+):
+    """Prefetch what message m will most likely touch: the cluster its first known band key names
+    (its row and window counts) and that cluster's sender and recipient pair sets."""
+    capacity = clusters.shape[0]
+    for band in range(keys.shape[1]):
+        key = keys[m, band]
+        st = np.int64(key & set_mask)
+        way = _find_way(bands, st, BAND_KEY, _as_bits(key))
+        if way < 0:
+            continue
+        cid = bands[st, BAND_CLUSTER, way]
+        slot = cid % capacity
+        prefetch(clusters, slot, 0)
+        for stat in range(N_STATS):
+            prefetch(counts, slot, stat)
+        prefetch(senders, _pair_set(cid, account, senders.shape[0]), PAIR_CLUSTER)
+        prefetch(senders, _pair_set(cid, account, senders.shape[0]), PAIR_OTHER)
+        if peer != 0:
+            prefetch(recipients, _pair_set(cid, peer, recipients.shape[0]), PAIR_CLUSTER)
+            prefetch(recipients, _pair_set(cid, peer, recipients.shape[0]), PAIR_OTHER)
+        return
+
+
 @njit(cache=True, nogil=True)
 def _assign_clusters(
     state,
@@ -633,7 +664,18 @@ def _assign_clusters(
     votes_n = np.empty(keys.shape[1], dtype=np.int64)
     no_copies = np.zeros((0, 0), dtype=np.uint32)
     totals = np.zeros(N_STATS, dtype=np.uint32)
+    set_mask = np.uint64(bands.shape[0] - 1)
     for m in range(ts_ms.shape[0]):
+        ahead = m + PREFETCH_BANDS
+        if ahead < ts_ms.shape[0] and has_keys[ahead]:
+            for band in range(keys.shape[1]):
+                st = np.int64(keys[ahead, band] & set_mask)
+                prefetch(bands, st, BAND_KEY)
+                prefetch(bands, st, BAND_CLUSTER)
+        ahead = m + PREFETCH_CLUSTERS
+        if ahead < ts_ms.shape[0] and has_keys[ahead]:
+            _prefetch_cluster(bands, clusters, counts, senders, recipients, keys, ahead,
+                              account[ahead], peer[ahead], set_mask)  # fmt: skip
         if not has_keys[m]:
             out.cluster_id[m] = -1
             out.cluster_msgs[m] = 0
