@@ -666,6 +666,30 @@ class SignalGate:
             self._last.popitem(last=False)
         return True
 
+    def may_admit(
+        self,
+        subjects: np.ndarray,
+        shadow: bool,
+        actions: np.ndarray,
+        ts_ms: np.ndarray,
+        cooldown_ms: float,
+    ) -> np.ndarray:
+        """False where ``admit`` would certainly refuse, whatever is admitted before in the batch.
+
+        A subject's remembered action never falls and its time never goes back, so a row below it,
+        or at it within the cooldown of the time remembered now, stays refused: only the other rows
+        need the exact, sequential ``admit``. One lookup per distinct subject, not per row.
+        """
+        unique, inverse = np.unique(subjects, return_inverse=True)
+        last_action = np.zeros(unique.size, dtype=np.int64)
+        last_ts = np.full(unique.size, np.iinfo(np.int64).min // 2, dtype=np.int64)
+        for i, subject in enumerate(unique.tolist()):
+            last = self._last.get((subject, shadow))
+            if last is not None:
+                last_action[i], last_ts[i] = last
+        level, since = last_action[inverse], last_ts[inverse]
+        return (actions > level) | ((actions == level) & (ts_ms - since >= cooldown_ms))
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         keys = list(self._last)
         values = list(self._last.values())
@@ -715,22 +739,31 @@ def make_signals(
     shadow_differs = (shadow > enforced) | (
         (shadow > 0) & decisions.fired[flagged][:, shadow_columns].any(axis=1)
     )
-    for row, subject, enforced_action, shadow_action, differs, ts_ms in zip(
-        flagged.tolist(),
-        flagged_subjects.tolist(),
-        enforced.tolist(),
-        shadow.tolist(),
-        shadow_differs.tolist(),
-        batch.ts_ms[flagged].tolist(),
+    flagged_ts = batch.ts_ms[flagged]
+    try_enforced = (enforced > 0) & gate.may_admit(
+        flagged_subjects, False, enforced, flagged_ts, cooldown_ms
+    )
+    try_shadow = shadow_differs & gate.may_admit(
+        flagged_subjects, True, shadow, flagged_ts, cooldown_ms
+    )
+    left = np.flatnonzero(try_enforced | try_shadow)
+    for row, subject, enforced_action, shadow_action, try_e, try_s, ts_ms in zip(
+        flagged[left].tolist(),
+        flagged_subjects[left].tolist(),
+        enforced[left].tolist(),
+        shadow[left].tolist(),
+        try_enforced[left].tolist(),
+        try_shadow[left].tolist(),
+        flagged_ts[left].tolist(),
         strict=True,
     ):
-        if enforced_action > 0 and gate.admit(subject, False, enforced_action, ts_ms, cooldown_ms):
+        if try_e and gate.admit(subject, False, enforced_action, ts_ms, cooldown_ms):
             signals.append(
                 _signal(
                     policy, inputs, decisions, row, enforced_action, False, emitted_at, exemplar
                 )
             )
-        if differs and gate.admit(subject, True, shadow_action, ts_ms, cooldown_ms):
+        if try_s and gate.admit(subject, True, shadow_action, ts_ms, cooldown_ms):
             signals.append(
                 _signal(policy, inputs, decisions, row, shadow_action, True, emitted_at, exemplar)
             )

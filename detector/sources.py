@@ -12,7 +12,7 @@ import gzip
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,7 +44,6 @@ class Polled:
     records: list[bytes]
     next_offset: int | None = None
     first_offset: int | None = None
-    produce_ts_ms: list[int] = field(default_factory=list)
 
 
 class Source(Protocol):
@@ -211,22 +210,26 @@ def contiguous_units(key: PartitionKey, records: list[ConsumerRecord]) -> list[P
 
     Offsets have gaps after transaction markers, aborted records and compaction.
     """
+    if not records:
+        return []
+    if records[-1].offset - records[0].offset == len(records) - 1:  # offsets ascend: no gap
+        return [_unit(key, records)]
     units: list[Polled] = []
     start = 0
     for i in range(1, len(records) + 1):
         if i == len(records) or records[i].offset != records[i - 1].offset + 1:
-            run = records[start:i]
-            units.append(
-                Polled(
-                    key,
-                    [b"" if r.value is None else r.value for r in run],
-                    next_offset=run[-1].offset + 1,
-                    first_offset=run[0].offset,
-                    produce_ts_ms=[r.timestamp for r in run],
-                )
-            )
+            units.append(_unit(key, records[start:i]))
             start = i
     return units
+
+
+def _unit(key: PartitionKey, run: list[ConsumerRecord]) -> Polled:
+    return Polled(
+        key,
+        [b"" if r.value is None else r.value for r in run],
+        next_offset=run[-1].offset + 1,
+        first_offset=run[0].offset,
+    )
 
 
 class _Listener(ConsumerRebalanceListener):

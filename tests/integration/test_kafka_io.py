@@ -55,9 +55,8 @@ def test_units_split_at_offset_gaps_so_first_offset_plus_index_is_exact():
         assert unit.first_offset is not None
         for index, raw in enumerate(unit.records):
             assert raw == f"v{unit.first_offset + index}".encode()
-        assert unit.produce_ts_ms == [
-            1_000 + unit.first_offset + i for i in range(len(unit.records))
-        ]
+    (whole,) = contiguous_units(key, [_record(2, o, b"x") for o in range(20, 25)])
+    assert (whole.first_offset, whole.next_offset, len(whole.records)) == (20, 25, 5)
 
 
 def test_a_tombstone_becomes_empty_bytes_for_the_decoder():
