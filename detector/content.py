@@ -105,6 +105,8 @@ def _encode_column(texts: StringColumn) -> EncodedTexts:
     position = texts.data.shape[0]
     view = memoryview(texts.data)
     rows = np.flatnonzero(~texts.plain)
+    if rows.size:  # most non-ASCII texts (accents, currency, emoji) are already in NFKC
+        rows = rows[~minhash_kernels.nfkc_stable_texts(texts.data, raw_starts, raw_stops, rows)]
     for row, start, stop in zip(
         rows.tolist(), texts.starts[rows].tolist(), texts.stops[rows].tolist(), strict=True
     ):

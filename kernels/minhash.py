@@ -26,6 +26,7 @@ everything runs in Numba:
    ``fast_signatures``).
 """
 
+import unicodedata
 from typing import NamedTuple
 
 import numpy as np
@@ -159,6 +160,36 @@ TABLES = NormaliserTables(
     _FOLD_SINGLE,
     _FOLD_MULTI,
 )
+
+
+# Code points that NFKC leaves alone whatever surrounds them: each maps to itself, has combining
+# class 0 and is no partner of a canonical composition (tests check all three over the whole code
+# space). ASCII except NUL (which the content stage turns into a space), and the blocks real
+# messages mostly use beyond it: Latin, Greek, Cyrillic, punctuation, currency, symbols, emoji and
+# their variation selectors. A text made of these alone needs no NFKC pass.
+NFKC_STABLE_BLOCKS = (
+    (0x80, 0x250),
+    (0x370, 0x530),
+    (0x2000, 0x2070),
+    (0x20A0, 0x20D0),
+    (0x2100, 0x27C0),
+    (0x2B00, 0x2C00),
+    (0xFE00, 0xFE10),  # variation selectors (emoji presentation)
+    (0x1F000, 0x1FB00),
+)
+
+
+def _nfkc_stable_table() -> np.ndarray:
+    stable = np.zeros(NFKC_STABLE_BLOCKS[-1][1], dtype=np.bool_)
+    stable[1:0x80] = True
+    for first, last in NFKC_STABLE_BLOCKS:
+        for cp in range(first, last):
+            ch = chr(cp)
+            stable[cp] = unicodedata.combining(ch) == 0 and unicodedata.normalize("NFKC", ch) == ch
+    return stable
+
+
+NFKC_STABLE = _nfkc_stable_table()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,6 +439,34 @@ def _normalise_utf8(data, starts, stops, tables, out, out_starts, out_stops):
                 o = _replace_numbers(out, token, o, digit_ranges, number_separators)
         out_stops[m] = o
     return o
+
+
+def nfkc_stable_texts(
+    data: np.ndarray, starts: np.ndarray, stops: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """For each text ``rows[k]`` (spans into ``data``): True when all its code points are in
+    ``NFKC_STABLE``, so that NFKC would return it unchanged."""
+    _check_buffer(data, starts, stops)
+    if not (isinstance(rows, np.ndarray) and rows.dtype == np.int64 and rows.ndim == 1):
+        raise TypeError("rows must be a 1-D int64 numpy array")
+    if rows.size and (rows.min() < 0 or rows.max() >= starts.shape[0]):
+        raise ValueError("rows out of range")
+    out = np.empty(rows.shape[0], dtype=np.bool_)
+    _nfkc_stable_texts(data, starts, stops, rows, NFKC_STABLE, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _nfkc_stable_texts(data, starts, stops, rows, stable, out):
+    for k in range(rows.shape[0]):
+        pos = starts[rows[k]]
+        stop = stops[rows[k]]
+        ok = True
+        while ok and pos < stop:
+            cp, n = _decode(data, pos, stop)
+            ok = cp < stable.shape[0] and stable[cp]
+            pos += n
+        out[k] = ok
 
 
 def _check_buffer(data: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> None:

@@ -296,3 +296,45 @@ def test_split_joined():
     assert starts.tolist() == [0, 3, 4, 8] and stops.tolist() == [2, 3, 7, 8]
     with pytest.raises(ValueError):
         mk.split_joined(data, 3)
+
+
+# -- NFKC-stable code points -----------------------------------------------------------------------
+
+
+def test_nfkc_stable_code_points_are_left_alone_by_nfkc_in_any_company():
+    stable = mk.NFKC_STABLE
+    for cp in np.flatnonzero(stable).tolist():
+        ch = chr(cp)
+        assert unicodedata.normalize("NFKC", ch) == ch and unicodedata.combining(ch) == 0, hex(cp)
+    assert not stable[0]  # NUL becomes a space in the content stage
+    for cp in range(0x110000):  # no canonical composition joins two stable code points
+        parts = unicodedata.decomposition(chr(cp)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            first, second = (int(p, 16) for p in parts)
+            both = all(c < stable.shape[0] and stable[c] for c in (first, second))
+            assert not both, hex(cp)
+    hangul_vowel, hangul_trailing = 0x1161, 0x11A8  # algorithmic compositions
+    assert not stable[hangul_vowel] and not stable[hangul_trailing]
+
+
+stable_text = st.text(
+    alphabet=st.sampled_from([chr(cp) for cp in np.flatnonzero(mk.NFKC_STABLE).tolist()]),
+    max_size=40,
+)
+mixed_text = st.text(max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(stable_text, mixed_text), min_size=1, max_size=20))
+def test_nfkc_stable_texts_finds_the_texts_nfkc_leaves_unchanged(texts):
+    encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+    stops = np.cumsum([len(e) for e in encoded]).astype(np.int64)
+    starts = stops - np.array([len(e) for e in encoded], dtype=np.int64)
+    data = np.frombuffer(b"".join(encoded) or b"\0", dtype=np.uint8)
+    rows = np.arange(len(texts), dtype=np.int64)
+    found = mk.nfkc_stable_texts(data, starts, stops, rows)
+    for text, is_stable in zip(texts, found.tolist(), strict=True):
+        expected = all(ord(c) < mk.NFKC_STABLE.shape[0] and mk.NFKC_STABLE[ord(c)] for c in text)
+        assert is_stable == expected
+        if is_stable:
+            assert unicodedata.normalize("NFKC", text) == text
