@@ -242,6 +242,8 @@ def decode_batch(records: Sequence[bytes]) -> DecodedBatch:
             reason, detail = problem
             dead.append(DeadLetter(row, reason, detail, bytes(records[row])))
     flags = _scanned_flags(scanned)
+    if scanned.unescaped.size:  # texts with escapes, unescaped: their spans continue past data
+        data = np.concatenate([data, scanned.unescaped])
     if slow_rows:
         data = _merge_slow_rows(scanned, flags, data, slow_rows, slow_events)
     valid = scanned.accepted
@@ -363,7 +365,7 @@ def _merge_slow_rows(
     scanned.ids[rows, 0] = hash_strings([e.account for e in events])
     scanned.ids[rows, 1] = _optional_ids([e.peer for e in events])
     scanned.ids[rows, 2] = _optional_ids([e.ip for e in events])
-    scanned.text_ascii[rows] = [
+    scanned.text_plain[rows] = [
         e.text is None or (e.text.isascii() and "\x00" not in e.text) for e in events
     ]
     extra: list[bytes] = []
@@ -413,7 +415,7 @@ def _columns(
         record=rows.astype(np.int64),
         accounts=column(jsonscan.SPAN_ACCOUNT, everything_plain),
         peers=column(jsonscan.SPAN_PEER, everything_plain),
-        texts=column(jsonscan.SPAN_TEXT, scanned.text_ascii[rows]),
+        texts=column(jsonscan.SPAN_TEXT, scanned.text_plain[rows]),
     )
 
 

@@ -10,8 +10,9 @@ rejected: the slow path decides what is valid and gives dead letters their reaso
 A record is accepted when it is a JSON object (whitespace allowed around tokens) whose keys are the
 contract's field names, each at most once, and whose values are:
 
-* strings without escapes (a backslash declines), valid UTF-8, within the contract's byte limits
-  (ids 1..128 bytes: a byte count <= 128 bounds the character count; text <= 65,536 bytes);
+* strings in valid UTF-8 within the contract's byte limits (ids 1..128 bytes: a byte count <= 128
+  bounds the character count; text <= 65,536 bytes once unescaped); escapes only in ``text``
+  (unescaped into a side buffer; a lone UTF-16 surrogate declines), elsewhere a backslash declines;
 * integers ``0|[1-9][0-9]{0,17}`` (no sign, fraction or exponent) within the contract's ranges;
 * ``true``/``false`` for the boolean fields, ``null`` for any optional field (= absent);
 * for fields the detector does not read (``device``, ``country``), any string or null.
@@ -95,7 +96,7 @@ class ScanLimits:
 class ScannedRecords:
     """Columns of a scanned batch; rows where ``accepted`` is False hold garbage."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, unescaped_capacity: int = 0) -> None:
         self.accepted = np.zeros(n, dtype=np.bool_)
         self.type = np.zeros(n, dtype=np.uint8)
         self.ts_ms = np.zeros(n, dtype=np.int64)
@@ -104,8 +105,10 @@ class ScannedRecords:
         self.booleans = np.zeros(n, dtype=np.uint8)  # bit 2k: field k known, bit 2k+1: true
         self.group_chat = np.zeros(n, dtype=np.bool_)
         self.spans = np.full((n, 4, 2), -1, dtype=np.int64)
-        self.text_ascii = np.ones(n, dtype=np.bool_)
+        self.text_plain = np.ones(n, dtype=np.bool_)
         self.ids = np.zeros((n, 3), dtype=np.uint64)  # account, peer, ip (0 = absent)
+        # texts with escapes, unescaped (UTF-8); their spans index data followed by this buffer
+        self.unescaped = np.empty(unescaped_capacity, dtype=np.uint8)
 
 
 BOOLEAN_FIELDS = (F_IN_CONTACTS, F_FORWARDED, F_TYPING, F_BUSINESS)  # bit pair k of ``booleans``
@@ -123,7 +126,8 @@ def scan_records(data: np.ndarray, offsets: np.ndarray, limits: ScanLimits) -> S
         raise ValueError("offsets must hold n + 1 positions within data")
     if np.any(np.diff(offsets) < 0):
         raise ValueError("offsets must be ascending")
-    out = ScannedRecords(offsets.shape[0] - 1)
+    out = ScannedRecords(offsets.shape[0] - 1, unescaped_capacity=data.shape[0])
+    cursor = np.zeros(1, dtype=np.int64)
     _scan(
         data,
         offsets,
@@ -144,9 +148,12 @@ def scan_records(data: np.ndarray, offsets: np.ndarray, limits: ScanLimits) -> S
         out.booleans,
         out.group_chat,
         out.spans,
-        out.text_ascii,
+        out.text_plain,
         out.ids,
+        out.unescaped,
+        cursor,
     )
+    out.unescaped = out.unescaped[: cursor[0]]
     return out
 
 
@@ -179,15 +186,51 @@ def _match(data, start, stop, names, offsets):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _string_end(data, i, end):
+def _hex_digit(c):
+    if 0x30 <= c <= 0x39:
+        return np.int64(c) - 0x30
+    if 0x61 <= c <= 0x66:
+        return np.int64(c) - 0x61 + 10
+    if 0x41 <= c <= 0x46:
+        return np.int64(c) - 0x41 + 10
+    return np.int64(-1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _hex4(data, i):
+    value = np.int64(0)
+    for j in range(4):
+        digit = _hex_digit(data[i + j])
+        if digit < 0:
+            return np.int64(-1)
+        value = (value << 4) | digit
+    return value
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _string_end(data, i, end, escapes_allowed):
     """Position of the closing quote of a string whose content starts at i, or -1 to decline
-    (escape, control character, invalid UTF-8, unterminated)."""
+    (an escape unless ``escapes_allowed``, a malformed escape, a control character, invalid UTF-8,
+    unterminated)."""
     while i < end:
         c = data[i]
         if c == 0x22:
             return i
-        if c == 0x5C or c < 0x20:
+        if c < 0x20:
             return -1
+        if c == 0x5C:
+            if not escapes_allowed or i + 1 >= end:
+                return -1
+            e = data[i + 1]
+            if e == 0x75:  # \uXXXX
+                if i + 6 > end or _hex4(data, i + 2) < 0:
+                    return -1
+                i += 6
+            elif _ESCAPED[e] != 0:
+                i += 2
+            else:
+                return -1
+            continue
         if c < 0x80:
             i += 1
             continue
@@ -220,6 +263,62 @@ def _string_end(data, i, end):
                 return -1
         i += more + 1
     return -1
+
+
+# the byte an escape \X stands for (0: not a one-letter escape)
+_ESCAPED = np.zeros(256, dtype=np.uint8)
+for _letter, _byte in zip(b'"\\/bfnrt', b'"\\/\b\f\n\r\t', strict=True):
+    _ESCAPED[_letter] = _byte
+
+
+@njit(cache=True, nogil=True)
+def _unescape(data, start, stop, out, pos):
+    """Write the JSON string content data[start:stop] (escapes checked by _string_end) to
+    out[pos:] as UTF-8; returns the end position, or -1 for a lone UTF-16 surrogate."""
+    i = start
+    while i < stop:
+        c = data[i]
+        if c != 0x5C:
+            out[pos] = c
+            pos += 1
+            i += 1
+            continue
+        if data[i + 1] != 0x75:
+            out[pos] = _ESCAPED[data[i + 1]]
+            pos += 1
+            i += 2
+            continue
+        cp = _hex4(data, i + 2)
+        i += 6
+        if 0xDC00 <= cp <= 0xDFFF:
+            return -1
+        if 0xD800 <= cp <= 0xDBFF:
+            if i + 6 > stop or data[i] != 0x5C or data[i + 1] != 0x75:
+                return -1
+            low = _hex4(data, i + 2)
+            if not 0xDC00 <= low <= 0xDFFF:
+                return -1
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00)
+            i += 6
+        if cp < 0x80:
+            out[pos] = cp
+            pos += 1
+        elif cp < 0x800:
+            out[pos] = 0xC0 | (cp >> 6)
+            out[pos + 1] = 0x80 | (cp & 0x3F)
+            pos += 2
+        elif cp < 0x10000:
+            out[pos] = 0xE0 | (cp >> 12)
+            out[pos + 1] = 0x80 | ((cp >> 6) & 0x3F)
+            out[pos + 2] = 0x80 | (cp & 0x3F)
+            pos += 3
+        else:
+            out[pos] = 0xF0 | (cp >> 18)
+            out[pos + 1] = 0x80 | ((cp >> 12) & 0x3F)
+            out[pos + 2] = 0x80 | ((cp >> 6) & 0x3F)
+            out[pos + 3] = 0x80 | (cp & 0x3F)
+            pos += 4
+    return pos
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -260,8 +359,10 @@ def _scan_one(
     booleans_out,
     group_out,
     spans_out,
-    text_ascii_out,
+    text_plain_out,
     ids_out,
+    unescaped,
+    cursor,
 ):
     """Scan one record; True when accepted (outputs of the row written), False to decline."""
     if end - start > bounds[3]:
@@ -278,7 +379,7 @@ def _scan_one(
     while True:
         if i >= end or data[i] != 0x22:
             return False
-        key_stop = _string_end(data, i + 1, end)
+        key_stop = _string_end(data, i + 1, end, False)
         if key_stop < 0:
             return False
         field = _match(data, i + 1, key_stop, field_bytes, field_offsets)
@@ -304,7 +405,7 @@ def _scan_one(
             if c != 0x22:
                 return False
             value_start = i + 1
-            value_stop = _string_end(data, value_start, end)
+            value_stop = _string_end(data, value_start, end, field == F_TEXT)
             if value_stop < 0:
                 return False
             length = value_stop - value_start
@@ -327,14 +428,31 @@ def _scan_one(
                     return False
                 group_out[row] = chat == 1
             elif field == 5:  # text
-                if length > MAX_TEXT_BYTES:
-                    return False
-                spans_out[row, 3, 0] = value_start
-                spans_out[row, 3, 1] = value_stop
-                ascii_text = True
+                text_start, text_stop = value_start, value_stop
+                escaped = False
                 for j in range(value_start, value_stop):
-                    ascii_text &= data[j] < 0x80
-                text_ascii_out[row] = ascii_text
+                    if data[j] == 0x5C:
+                        escaped = True
+                        break
+                plain = True  # ASCII without NUL
+                if escaped:  # unescaped into the side buffer
+                    text_start = cursor[0]
+                    text_stop = _unescape(data, value_start, value_stop, unescaped, text_start)
+                    if text_stop < 0:
+                        return False
+                    cursor[0] = text_stop
+                    for j in range(text_start, text_stop):
+                        plain &= (unescaped[j] < 0x80) & (unescaped[j] != 0)
+                    text_start += data.shape[0]  # spans index data followed by the side buffer
+                    text_stop += data.shape[0]
+                else:
+                    for j in range(text_start, text_stop):
+                        plain &= data[j] < 0x80
+                if text_stop - text_start > MAX_TEXT_BYTES:
+                    return False
+                text_plain_out[row] = plain
+                spans_out[row, 3, 0] = text_start
+                spans_out[row, 3, 1] = text_stop
             elif field == 11:  # ip
                 spans_out[row, 2, 0] = value_start
                 spans_out[row, 2, 1] = value_stop
@@ -414,8 +532,10 @@ def _scan(
     booleans_out,
     group_out,
     spans_out,
-    text_ascii_out,
+    text_plain_out,
     ids_out,
+    unescaped,
+    cursor,
 ):
     for row in range(offsets.shape[0] - 1):
         accepted[row] = _scan_one(
@@ -439,6 +559,8 @@ def _scan(
             booleans_out,
             group_out,
             spans_out,
-            text_ascii_out,
+            text_plain_out,
             ids_out,
+            unescaped,
+            cursor,
         )

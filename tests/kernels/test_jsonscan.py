@@ -94,12 +94,13 @@ def scan(records: list[bytes]) -> tuple[jsonscan.ScannedRecords, np.ndarray]:
     data = np.frombuffer(b"".join(records), dtype=np.uint8)
     offsets = np.zeros(len(records) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(r) for r in records])
-    return jsonscan.scan_records(data, offsets, events._SCAN_LIMITS), data
+    scanned = jsonscan.scan_records(data, offsets, events._SCAN_LIMITS)
+    return scanned, np.concatenate([data, scanned.unescaped])
 
 
 def span_text(data: np.ndarray, span: np.ndarray) -> str | None:
     start, stop = int(span[0]), int(span[1])
-    return None if start < 0 else data[start:stop].tobytes().decode()
+    return None if start < 0 else data[start:stop].tobytes().decode("utf-8")
 
 
 def expected_id(value: str | None) -> int:
@@ -124,7 +125,8 @@ def assert_scan_agrees_with_the_slow_path(records: list[bytes]) -> int:
         assert span_text(data, spans[jsonscan.SPAN_ACCOUNT]) == event.account
         assert span_text(data, spans[jsonscan.SPAN_PEER]) == event.peer
         assert span_text(data, spans[jsonscan.SPAN_TEXT]) == event.text
-        assert scanned.text_ascii[row] == (event.text is None or event.text.isascii())
+        plain = event.text is None or (event.text.isascii() and "\x00" not in event.text)
+        assert scanned.text_plain[row] == plain
         assert scanned.ids[row].tolist() == [
             expected_id(event.account),
             expected_id(event.peer),
@@ -142,6 +144,21 @@ def test_whatever_the_scan_accepts_the_slow_path_decodes_to_the_same_values(reco
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(plain_record(), min_size=1, max_size=20))
 def test_plain_valid_records_take_the_fast_path(records):
+    assert assert_scan_agrees_with_the_slow_path(records) == len(records)
+
+
+@st.composite
+def record_with_escaped_text(draw) -> bytes:
+    """A valid message whose text needs escapes: quotes, backslashes, controls, non-ASCII as
+    \\uXXXX (emoji as surrogate pairs) when ``ensure_ascii``."""
+    event = {"type": "message", "ts": T0, "account": "+4477", "peer": "+4478"}
+    event["text"] = draw(st.text(max_size=60)) + draw(st.sampled_from(['"', "\\", "\n", "\x00"]))
+    return json.dumps(event, ensure_ascii=draw(st.booleans())).encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(record_with_escaped_text(), min_size=1, max_size=20))
+def test_texts_with_escapes_take_the_fast_path_unescaped(records):
     assert assert_scan_agrees_with_the_slow_path(records) == len(records)
 
 
@@ -163,6 +180,11 @@ def test_plain_valid_records_take_the_fast_path(records):
         b'{"type":"message","ts":1767225600000,"account":"a","peer":"b","chat":"dm"}',
         b'{"type":"message","ts":999,"account":"a","peer":"b"}',  # before 2000
         b'{"type":"message","ts":1767225600000,"account":"' + b"a" * 129 + b'","peer":"b"}',
+        b'{"type":"message","ts":1767225600000,"account":"a","peer":"b","text":"\\ud800"}',
+        b'{"type":"message","ts":1767225600000,"account":"a","peer":"b","text":"\\udc00x"}',
+        b'{"type":"message","ts":1767225600000,"account":"a","peer":"b","text":"\\x41"}',
+        b'{"type":"message","ts":1767225600000,"account":"a","peer":"b","text":"\\u12g4"}',
+        b'{"type":"message","ts":1767225600000,"account":"a","peer":"b","text":"a\\"}',
         b"[]",
         b"",
     ],
