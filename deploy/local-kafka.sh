@@ -6,7 +6,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: deploy/local-kafka.sh start|stop|status|wait|resolve
+usage: deploy/local-kafka.sh start|stop|resume|status|wait|resolve
 
   resolve  fetch the broker's jars with Maven into the cache (start does this when needed)
   start    resolve, generate config (and TLS material), format storage, start the broker in
@@ -16,6 +16,9 @@ usage: deploy/local-kafka.sh start|stop|status|wait|resolve
              BULKWATCH_KAFKA_CAFILE, BULKWATCH_KAFKA_SASL_SSL_BOOTSTRAP,
              BULKWATCH_KAFKA_SCRAM_MECHANISM, BULKWATCH_KAFKA_SCRAM_USER, BULKWATCH_KAFKA_SCRAM_PASSWORD
            Each start begins with empty storage.
+  resume   start the broker of BULKWATCH_KAFKA_DIR again after a stop, keeping its storage
+           (topics, records, committed offsets), configuration, ports, TLS material and SCRAM
+           users; waits until it is ready and prints the same KEY=VALUE lines as start
   wait     wait until the broker started in BULKWATCH_KAFKA_DIR is ready
   status   print the pid and the KEY=VALUE lines; exit 0 if running, 3 if not
   stop     SIGTERM, wait up to BULKWATCH_KAFKA_STOP_TIMEOUT_S, then SIGKILL
@@ -369,7 +372,7 @@ wait_ready() {
 # --- commands -------------------------------------------------------------------------------
 
 cmd_start() {
-  local pid started launched p
+  local pid started p
   if pid=$(running_pid); then
     die "a broker is already running from $DIR (pid $pid); run stop first"
   fi
@@ -396,6 +399,12 @@ cmd_start() {
   write_env_file
   format_storage
 
+  launch "$started"
+}
+
+# launch START_TIME: run the broker of $DIR in the background and wait until it is ready.
+launch() {
+  local started=$1 launched pid
   java_opts
   launched=$(now_s)
   # setsid: the broker gets its own session, so a Ctrl-C in the caller's terminal does not kill
@@ -403,7 +412,7 @@ cmd_start() {
   # shellcheck disable=SC2016  # $$ and $@ belong to the inner shell
   setsid "$BASH" -c 'echo $$ > "$0"; exec "$@"' "$PID_FILE" \
     "$JAVA" "${JAVA_OPTS[@]}" -cp "$LIBS/*" kafka.Kafka "$DIR/server.properties" \
-    < /dev/null > "$DIR/logs/kafka.out" 2>&1 &
+    < /dev/null >> "$DIR/logs/kafka.out" 2>&1 &
   for _ in $(seq 50); do
     [[ -s $PID_FILE ]] && break
     sleep 0.1
@@ -414,6 +423,28 @@ cmd_start() {
     die "the broker did not become ready; stopped it"
   fi
   cat "$ENV_FILE"
+}
+
+# Same storage, config and ports as the last start: what a broker restart after a crash or an
+# upgrade sees. The listeners come from server.properties, so BULKWATCH_KAFKA_*_PORT are ignored.
+cmd_resume() {
+  local pid p
+  if pid=$(running_pid); then
+    die "a broker is already running from $DIR (pid $pid)"
+  fi
+  [[ -f $DIR/server.properties && -f $ENV_FILE ]] \
+    || die "no broker was started from $DIR (no server.properties or broker.env): use start"
+  [[ -f $DIR/data/meta.properties ]] || die "$DIR/data holds no formatted storage: use start"
+  for p in $(sed -n 's/^listeners=//p' "$DIR/server.properties" | tr ',' '\n' | sed 's/.*://'); do
+    if port_in_use "$p"; then
+      die "port $p on $HOST is already in use"
+    fi
+  done
+  check_java
+  resolve
+  rm -f "$PID_FILE"
+  say "resuming the broker of $DIR with its data"
+  launch "$(now_s)"
 }
 
 cmd_wait() {
@@ -459,6 +490,7 @@ cmd_stop() {
 case "${1:-}" in
   resolve) check_java; resolve; echo "$LIBS" ;;
   start) cmd_start ;;
+  resume) cmd_resume ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
   wait) cmd_wait ;;

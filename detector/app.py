@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -33,6 +34,9 @@ from detector.sinks import DeadLetterSink, SignalSink
 from detector.sources import PartitionKey, Polled, RangeReader, Source
 from detector.state import PartitionState, restore_or_new, snapshot_path
 from kernels import accounts as account_kernels
+
+# State-size gauges scan whole tables: refresh them about once a second, not once per batch.
+STATE_GAUGE_INTERVAL_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,7 @@ class DetectorApp:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkwatch-worker")
         self._inflight: collections.deque[asyncio.Task[None]] = collections.deque()
         self._last_snapshot = time.monotonic()
+        self._state_observed_at = -math.inf
         self._started = False
         metrics.set_policy(policy.version, policy.source)
 
@@ -187,13 +192,17 @@ class DetectorApp:
         if not polled:
             return
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._worker, self._process, polled)
+        # Not awaited here: the next fetch (aiokafka parsing records on this thread) overlaps with
+        # this batch's kernels, which run without the GIL. One worker thread keeps batches in order.
+        processing = loop.run_in_executor(self._worker, self._process, polled)
         previous = self._inflight[-1] if self._inflight else None
-        self._inflight.append(asyncio.create_task(self._deliver(polled, results, previous)))
+        self._inflight.append(asyncio.create_task(self._deliver(polled, processing, previous)))
+        self.metrics.inflight_batches.set(len(self._inflight))
         while len(self._inflight) >= self.settings.max_inflight_batches:
             await self._inflight.popleft()
         while self._inflight and self._inflight[0].done():
             await self._inflight.popleft()
+        self.metrics.inflight_batches.set(len(self._inflight))
 
     def _process(self, polled: list[Polled]) -> list[BatchResult]:
         results = []
@@ -219,12 +228,17 @@ class DetectorApp:
             )
             self.stats.add(result)
             results.append(result)
-        self._observe_state()
+        if time.monotonic() - self._state_observed_at >= STATE_GAUGE_INTERVAL_S:
+            self._observe_state()
         return results
 
     async def _deliver(
-        self, polled: list[Polled], results: list[BatchResult], previous: asyncio.Task[None] | None
+        self,
+        polled: list[Polled],
+        processing: asyncio.Future[list[BatchResult]],
+        previous: asyncio.Task[None] | None,
     ) -> None:
+        results = await processing
         for unit, result in zip(polled, results, strict=True):
             if result.signals:
                 await self.signal_sink.send(result.signals)
@@ -243,6 +257,7 @@ class DetectorApp:
     async def _drain(self) -> None:
         while self._inflight:
             await self._inflight.popleft()
+        self.metrics.inflight_batches.set(0)
 
     # ----------------------------------------------------------------------------- state handling
 
@@ -254,11 +269,13 @@ class DetectorApp:
             capacity=self.settings.account_capacity,
             lateness_s=self.settings.lateness_s,
             ttl_s=self.settings.account_ttl_s,
+            on_rejected=lambda _: self.metrics.snapshot_failures.labels("load").inc(),
         )
         self.states[key] = state
         return state
 
     def _observe_state(self) -> None:
+        self._state_observed_at = time.monotonic()
         tracked = capacity = evictions = 0
         for state in self.states.values():
             stats = account_kernels.account_state_stats(state.accounts)
@@ -460,7 +477,7 @@ def build_app(settings: Settings, policy: Policy, *, quiet: bool = False) -> Det
     metrics = Metrics()
     health = HealthServer(metrics, settings.metrics_host, settings.metrics_port)
     if settings.source == "kafka":
-        kafka_sinks = sinks.KafkaSinks(settings)
+        kafka_sinks = sinks.KafkaSinks(settings, health=health)
         source: Source = sources.KafkaSource(
             settings, metrics=metrics, transactions=kafka_sinks, health=health
         )

@@ -96,7 +96,9 @@ class Metrics:
         self.late_events = Counter(
             "bulkwatch_late_events", "Events older than the allowed lateness, skipped", registry=r
         )
-        self.ready = Gauge("bulkwatch_ready", "1 when assigned and consuming", registry=r)
+        self.ready = Gauge(
+            "bulkwatch_ready", "1 when assigned, consuming and able to write outputs", registry=r
+        )
         self.policy_info = Info("bulkwatch_policy", "The policy in force", registry=r)
         self.snapshot_failures = Counter(
             "bulkwatch_snapshot_failures",
@@ -104,6 +106,14 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.inflight_batches = Gauge(
+            "bulkwatch_inflight_batches",
+            "Processed batches whose outputs and offset commit are in flight "
+            "(bounded by max_inflight_batches)",
+            registry=r,
+        )
+        for op in ("write", "load"):  # export zeros, so increase() sees the first failure
+            self.snapshot_failures.labels(op)
         self._event_children = [self.events.labels(name) for name in EVENT_TYPE_NAMES]
         self._dead_children = {
             reason: self.dead_letters.labels(reason.value) for reason in DeadLetterReason
@@ -208,13 +218,15 @@ class Metrics:
 
 
 class HealthServer:
-    """``/metrics``, ``/healthz`` (alive) and ``/readyz`` (assigned and consuming) over HTTP."""
+    """``/metrics``, ``/healthz`` (alive) and ``/readyz`` (assigned, consuming, outputs writable)
+    over HTTP; a 503 from ``/readyz`` says why when an output topic is the cause."""
 
     def __init__(self, metrics: Metrics, host: str, port: int) -> None:
         self.metrics = metrics
         self.host = host
         self.port = port
-        self.ready = False
+        self.ready = False  # set by the source: assigned, restored, fetches answered
+        self.output_blocked: str | None = None  # set by the sinks: why outputs cannot be written
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -231,8 +243,12 @@ class HealthServer:
                 elif path == "/healthz":
                     self._reply(200, b"ok\n")
                 elif path == "/readyz":
-                    ok = health.ready
-                    self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                    blocked = health.output_blocked
+                    if health.ready and blocked is None:
+                        self._reply(200, b"ready\n")
+                    else:
+                        why = f": {blocked}" if blocked is not None else ""
+                        self._reply(503, f"not ready{why}\n".encode())
                 else:
                     self._reply(404, b"not found\n")
 
@@ -256,7 +272,16 @@ class HealthServer:
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready
-        self.metrics.ready.set(1 if ready else 0)
+        self._export()
+
+    def set_output_blocked(self, reason: str | None) -> None:
+        """Not ready while ``reason`` is set (an output topic cannot be written), whatever the
+        source says; ``None`` lifts it."""
+        self.output_blocked = reason
+        self._export()
+
+    def _export(self) -> None:
+        self.metrics.ready.set(1 if self.ready and self.output_blocked is None else 0)
 
     def stop(self) -> None:
         if self._server is None:

@@ -45,7 +45,9 @@ ABUSIVE_ARCHETYPES: tuple[str, ...] = (
 )
 ARCHETYPES: tuple[str, ...] = LEGIT_ARCHETYPES + ABUSIVE_ARCHETYPES
 DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00Z
-DEFAULT_SMS_PATH = Path(__file__).resolve().parent / "data" / "sms_spam_collection" / "SMSSpamCollection"
+DEFAULT_SMS_PATH = (
+    Path(__file__).resolve().parent / "data" / "sms_spam_collection" / "SMSSpamCollection"
+)
 
 _DAY_MS = 86_400_000
 _MAX_TEXT_CHARS = 64 * 1024

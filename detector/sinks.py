@@ -20,7 +20,13 @@ from typing import IO, Any, Protocol, TextIO
 
 import msgspec
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerFenced
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+    TopicAuthorizationFailedError,
+)
 
 from detector.config import Settings
 from detector.events import DeadLetter
@@ -183,6 +189,16 @@ DLQ_MAX_VALUE_BYTES = 512 * 1024
 _DETAIL_MAX_CHARS = 1000
 
 
+class OutputHealth(Protocol):
+    """Where the Kafka sinks report that an output topic cannot be written (readiness)."""
+
+    def set_output_blocked(self, reason: str | None) -> None: ...
+
+
+# A missing output topic is reported at most this often while the batch waits for it.
+_MISSING_TOPIC_REPORT_S = 30.0
+
+
 class KafkaSinks:
     """One idempotent producer (``acks=all``) behind the signal and dead-letter sinks.
 
@@ -195,17 +211,29 @@ class KafkaSinks:
 
     The producer connects on first use and retries an unavailable broker (idempotence makes
     aiokafka retry a batch until it is written), so a broker outage stalls delivery, never loses it.
+
+    Output topics must exist (brokers normally run with ``auto.create.topics.enable=false``). A
+    missing one is waited for, like an outage: the batch and every commit after it wait, an ERROR
+    names the topic every 30 s, ``health`` is told (``/readyz`` 503), and delivery goes on once the
+    topic is created. The first start of the sinks checks both topics, so a misnamed topic shows up
+    at deploy time rather than at the first signal or dead letter. Records a topic refuses for
+    good (larger than its ``max.message.bytes``, not authorized) fail the batch with an error naming
+    the topic: nothing after it is committed and the service stops (see docs/reliability.md).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, health: OutputHealth | None = None) -> None:
         self.settings = settings
+        self.health = health
         self.transactional_id = transactional_id(settings) if settings.exactly_once else None
         self.signals = KafkaSignalSink(self)
         self.dead_letters = KafkaDeadLetterSink(self)
         self._producer: AIOKafkaProducer | None = None
         self._connecting = asyncio.Lock()
         self._users = 0
-        self._pending: list[asyncio.Future[Any]] = []
+        self._pending: list[tuple[str, asyncio.Future[Any]]] = []
+        self._known_topics: set[str] = set()  # output topics seen in the broker's metadata
+        self._topic_lock = asyncio.Lock()
+        self._topic_check: asyncio.Task[None] | None = None
         self._in_transaction = False
         self._deadline: float | None = None  # monotonic; set when the service shuts down
         self._failure: BaseException | None = None
@@ -217,10 +245,18 @@ class KafkaSinks:
 
     async def _use(self) -> None:
         self._users += 1
+        if self._topic_check is None:
+            self._topic_check = asyncio.create_task(self._check_topics(), name="kafka-topic-check")
 
     async def _release(self) -> None:
         self._users -= 1
-        if self._users > 0 or self._producer is None:
+        if self._users > 0:
+            return
+        if self._topic_check is not None and not self._topic_check.done():
+            self._topic_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._topic_check
+        if self._producer is None:
             return
         producer, self._producer = self._producer, None
         try:
@@ -279,12 +315,62 @@ class KafkaSinks:
                 self._producer = producer
         return self._producer
 
+    async def _check_topics(self) -> None:
+        """At start: connect and make sure both output topics exist (waiting, loudly, if not)."""
+        try:
+            producer = await self._ready_producer()
+            for topic in (self.settings.signals_topic, self.settings.dlq_topic):
+                await self._wait_for_topic(producer, topic)
+        except (KafkaError, TimeoutError) as exc:
+            log.error("could not check the output topics: %r", exc)
+
+    async def _wait_for_topic(self, producer: AIOKafkaProducer, topic: str) -> None:
+        """Return once the broker's metadata lists ``topic``; raise if writing it is forbidden."""
+        if topic in self._known_topics:
+            return
+        async with self._topic_lock:
+            client = producer.client
+            client.add_topic(topic)
+            backoff = Backoff(max_s=5.0)
+            waiting_since: float | None = None
+            next_report = 0.0
+            while topic not in self._known_topics:
+                await self._bounded(client.force_metadata_update())
+                if client.cluster.partitions_for_topic(topic):
+                    self._known_topics.add(topic)
+                    break
+                if topic in client.cluster.unauthorized_topics:
+                    raise TopicAuthorizationFailedError(f"not authorized to write to {topic!r}")
+                now = time.monotonic()
+                if waiting_since is None:
+                    waiting_since = now
+                    if self.health is not None:
+                        self.health.set_output_blocked(f"output topic {topic!r} does not exist")
+                if now >= next_report:
+                    log.error(
+                        "output topic %r does not exist (brokers do not create it): signals, dead "
+                        "letters and offset commits wait until it is created (%.0f s so far)",
+                        topic,
+                        now - waiting_since,
+                    )
+                    next_report = now + _MISSING_TOPIC_REPORT_S
+                await asyncio.sleep(backoff.next_delay_s())
+            if waiting_since is not None:
+                log.warning(
+                    "output topic %r exists now, after %.1f s: delivery resumes",
+                    topic,
+                    time.monotonic() - waiting_since,
+                )
+                if self.health is not None:
+                    self.health.set_output_blocked(None)
+
     async def send(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None
     ) -> None:
         """Queue one record; :meth:`flush` waits for it."""
         producer = await self._ready_producer()
         try:
+            await self._wait_for_topic(producer, topic)
             if self.transactional_id is not None and not self._in_transaction:
                 await self._bounded(producer.begin_transaction())
                 self._in_transaction = True
@@ -299,15 +385,29 @@ class KafkaSinks:
         except BaseException as exc:
             self._fail(exc)
             raise
-        self._pending.append(future)
+        self._pending.append((topic, future))
 
     async def flush(self) -> None:
-        """Returns once every record sent so far is acknowledged; raises if one was not."""
+        """Returns once every record sent so far is acknowledged; raises if one was not
+        (:class:`DeliveryFailed` naming the topic when the broker refused a record)."""
         pending, self._pending = self._pending, []
         if not pending:
             return
         try:
-            await self._bounded(asyncio.shield(asyncio.gather(*pending)))
+            await self._bounded(asyncio.shield(asyncio.gather(*(f for _, f in pending))))
+        except KafkaError as exc:
+            topic = next(
+                (t for t, f in pending if f.done() and not f.cancelled() and f.exception() is exc),
+                "?",
+            )
+            failed = DeliveryFailed(f"Kafka refused a record for topic {topic!r}: {exc!r}")
+            if isinstance(exc, MessageSizeTooLargeError):
+                failed = DeliveryFailed(
+                    f"a record for topic {topic!r} is larger than the topic accepts "
+                    f"(max.message.bytes, or the broker's message.max.bytes): {exc!r}"
+                )
+            self._fail(failed)
+            raise failed from exc
         except BaseException as exc:
             self._fail(exc)
             raise

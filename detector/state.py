@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,8 +169,10 @@ def restore_or_new(
     capacity: int,
     lateness_s: int,
     ttl_s: int,
+    on_rejected: Callable[[SnapshotError], None] | None = None,
 ) -> PartitionState:
-    """The partition's snapshot if there is a sound one; else a fresh state (loudly, if corrupt).
+    """The partition's snapshot if there is a sound one; else a fresh state (loudly, if corrupt:
+    an ERROR, and ``on_rejected`` is called once per rejected snapshot folder).
 
     When a save died between moving the old snapshot aside and renaming the new one into place,
     there is no folder under the partition's name: the complete staging folder, or else the retired
@@ -188,6 +191,8 @@ def restore_or_new(
                     partition,
                     exc,
                 )
+                if on_rejected is not None:
+                    on_rejected(exc)
                 continue
             if candidate != path:
                 log.warning(

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -115,6 +116,61 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         )
 
 
+class PrivateKafkaBroker:
+    """A broker of deploy/local-kafka.sh for one test, which may stop and resume it."""
+
+    def __init__(self, directory: Path) -> None:
+        port, controller_port = _free_loopback_ports(2)
+        self.directory = directory
+        self.bootstrap = f"127.0.0.1:{port}"
+        self._env = {
+            **os.environ,
+            "BULKWATCH_KAFKA_DIR": str(directory),
+            "BULKWATCH_KAFKA_PORT": str(port),
+            "BULKWATCH_KAFKA_CONTROLLER_PORT": str(controller_port),
+            "BULKWATCH_KAFKA_SSL_PORT": "",
+            "BULKWATCH_KAFKA_SASL_SSL_PORT": "",
+        }
+
+    def run(self, command: str) -> str:
+        """Run `local-kafka.sh <command>` for this broker; fails the test if it fails."""
+        done = subprocess.run(
+            [str(LOCAL_KAFKA_SCRIPT), command],
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=BROKER_START_TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"local-kafka.sh {command} failed ({done.returncode}):\n{done.stderr}")
+        return done.stderr
+
+    def pid(self) -> int | None:
+        path = self.directory / "kafka.pid"
+        return int(path.read_text()) if path.exists() else None
+
+    def stop(self) -> str:
+        """SIGTERM the broker JVM and wait for it to exit (its storage stays)."""
+        return self.run("stop")
+
+    def resume(self) -> str:
+        """Start it again on the same ports with the same storage."""
+        return self.run("resume")
+
+
+@pytest.fixture
+def private_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateKafkaBroker]:
+    """A second broker (PLAINTEXT only, its own ports and directory) for tests that stop and
+    restart it; the session's `kafka_broker` is never touched. Stopped at the end of the test."""
+    broker = PrivateKafkaBroker(tmp_path_factory.mktemp("private-kafka"))
+    try:
+        broker.run("start")
+        yield broker
+    finally:
+        broker.run("stop")
+
+
 def _free_loopback_ports(count: int) -> list[int]:
     # Held open together so the kernel hands out distinct ports; the broker binds them right after.
     with ExitStack() as stack:
@@ -126,18 +182,25 @@ def _free_loopback_ports(count: int) -> list[int]:
 
 @pytest.fixture
 def create_topic() -> Callable[..., Awaitable[None]]:
-    """`await create_topic(bootstrap, name, partitions)`: create a topic, wait for its leaders.
+    """`await create_topic(bootstrap, name, partitions, configs=None)`: create a topic (with topic
+    `configs` such as `{"max.message.bytes": "64"}`), wait for its leaders.
 
     Raises the broker's error (e.g. TopicAlreadyExistsError) if creation fails.
     """
 
     async def create(
-        bootstrap: str, name: str, partitions: int, replication_factor: int = 1
+        bootstrap: str,
+        name: str,
+        partitions: int,
+        replication_factor: int = 1,
+        *,
+        configs: dict[str, str] | None = None,
     ) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
-            response = await admin.create_topics([NewTopic(name, partitions, replication_factor)])
+            topic = NewTopic(name, partitions, replication_factor, topic_configs=configs or {})
+            response = await admin.create_topics([topic])
             for topic, error_code, *_ in response.topic_errors:
                 if error_code:
                     raise for_code(error_code)(f"creating topic {topic!r}")
@@ -157,6 +220,26 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, name: str, partitions: i
             if topic["error_code"] == 0 and len(leaders) == partitions and min(leaders) >= 0:
                 return
             await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """`services(name, bootstrap, topics, group, **options)`: a `bulkwatch run --source kafka`
+    subprocess (tests/integration/service_helpers.py `Service`, not started yet); every one still
+    running at the end of the test is killed."""
+    from tests.integration.service_helpers import Service
+
+    started: list[Service] = []
+
+    def make(name: str, bootstrap: str, topics: Any, group: str, **options: Any) -> Service:
+        options.setdefault("snapshot_dir", tmp_path / "snapshots")
+        service = Service(name, tmp_path, bootstrap, topics, group, **options)
+        started.append(service)
+        return service
+
+    yield make
+    for service in started:
+        service.kill()
 
 
 @pytest.fixture
