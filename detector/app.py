@@ -103,6 +103,12 @@ class DetectorApp:
         self._progress = progress
         self._progress_interval_s = progress_interval_s
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkwatch-worker")
+        # Periodic snapshots are written here, from copies, so a slow disk never stalls consumption.
+        self._snapshot_writer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="bulkwatch-snapshot"
+        )
+        self._snapshot_writes: asyncio.Task[None] | None = None
+        self._snapshots_due: list[PartitionKey] = []
         self._inflight: collections.deque[asyncio.Task[None]] = collections.deque()
         self._last_snapshot = time.monotonic()
         self._state_observed_at = -math.inf
@@ -142,7 +148,9 @@ class DetectorApp:
             await self.source.stop()
             await self.signal_sink.stop()
             await self.dead_letter_sink.stop()
+            await self._finish_snapshot_writes()
             self._worker.shutdown(wait=True)
+            self._snapshot_writer.shutdown(wait=True)
             if self.health is not None:
                 self.health.stop()
 
@@ -293,26 +301,60 @@ class DetectorApp:
         )
 
     async def _maybe_snapshot(self) -> None:
+        """Every ``snapshot_interval_s``, a round of snapshots, one partition at a time: drain the
+        batches in flight (so the state reflects exactly what was delivered and committed), copy
+        that partition's state and write the copy in the background. One copy exists at a time."""
+        if self.settings.snapshot_dir is None:
+            return
+        if self._snapshot_writes is not None and not self._snapshot_writes.done():
+            return
         if time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s:
-            await self._drain()
-            await self._snapshot(list(self.states))
+            if self._snapshots_due:
+                log.warning(
+                    "snapshots fall behind: %d partitions of the last round are still to be "
+                    "written (slow disk?)",
+                    len(self._snapshots_due),
+                )
+            self._last_snapshot = time.monotonic()
+            self._snapshots_due += [key for key in self.states if key not in self._snapshots_due]
+        while self._snapshots_due:
+            key = self._snapshots_due.pop(0)
+            state = self.states.get(key)
+            if state is not None and state.next_offset is not None:
+                break
+        else:
+            return
+        await self._drain()
+        copy = await asyncio.get_running_loop().run_in_executor(self._worker, state.copy)
+        self._snapshot_writes = asyncio.create_task(self._write_snapshots({key: copy}))
 
     async def _snapshot(self, keys: list[PartitionKey]) -> None:
+        """Write the snapshots of ``keys`` now (revocation, shutdown: consumption is paused)."""
+        await self._finish_snapshot_writes()
         self._last_snapshot = time.monotonic()
-        root = self.settings.snapshot_dir
-        if root is None or not keys:
+        if self.settings.snapshot_dir is None:
             return
+        states = {key: self.states[key] for key in keys if key in self.states}
+        await self._write_snapshots(
+            {key: state for key, state in states.items() if state.next_offset is not None}
+        )
+
+    async def _write_snapshots(self, states: Mapping[PartitionKey, PartitionState]) -> None:
+        root = self.settings.snapshot_dir
+        assert root is not None
         loop = asyncio.get_running_loop()
-        for key in keys:
-            state = self.states.get(key)
-            if state is None or state.next_offset is None:
-                continue
+        for key, state in states.items():
             path = snapshot_path(root, key.topic, key.partition)
             try:
-                await loop.run_in_executor(self._worker, state.save, path)
-            except OSError as exc:
+                await loop.run_in_executor(self._snapshot_writer, state.save, path)
+            except Exception as exc:  # a failed snapshot must not stop the detector
                 self.metrics.snapshot_failures.labels("write").inc()
                 log.error("snapshot of %s failed (state kept in memory): %s", key, exc)
+
+    async def _finish_snapshot_writes(self) -> None:
+        if self._snapshot_writes is not None:
+            await self._snapshot_writes
+            self._snapshot_writes = None
 
     # Rebalance hooks, called by a partitioned source (Kafka) around assignment changes.
 

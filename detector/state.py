@@ -47,6 +47,16 @@ class PartitionState:
         table = account_kernels.new_account_state(capacity, lateness_s=lateness_s, ttl_s=ttl_s)
         return cls(table, SignalGate(gate_capacity or capacity))
 
+    def copy(self) -> PartitionState:
+        """An independent copy (arrays included), to be written while this one moves on."""
+        return PartitionState(
+            account_kernels.AccountState(*(array.copy() for array in self.accounts)),
+            SignalGate.from_arrays(self.gate.to_arrays(), self.gate.capacity),
+            next_offset=self.next_offset,
+            event_time_ms=self.event_time_ms,
+            restored_from=self.restored_from,
+        )
+
     def save(self, directory: Path) -> None:
         """Write this state atomically to ``directory`` (replacing an older snapshot).
 

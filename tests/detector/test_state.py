@@ -3,11 +3,14 @@ keep the previous snapshot, interrupted writes recovered, and no message text in
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -454,3 +457,79 @@ def test_snapshots_never_contain_texts_accounts_or_addresses(tmp_path):
         assert secrets_in(path.read_bytes()) == [], path.name
     restored = ContentClusters.load(tmp_path / "content.npz")
     assert restored.exemplar(cluster) is None
+
+
+class _OffsetSource:
+    """One partition of simulator records with offsets, served as fast as the app takes them."""
+
+    def __init__(self, batches: list[list[bytes]]) -> None:
+        self.batches = batches
+        self.committed: dict = {}
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def polls(self):
+        from detector.sources import PartitionKey, Polled
+
+        key, offset = PartitionKey("events", 0), 0
+        for records in self.batches:
+            yield [Polled(key, records, next_offset=offset + len(records), first_offset=offset)]
+            offset += len(records)
+            await asyncio.sleep(0.02)
+
+    async def commit(self, offsets: dict) -> None:
+        self.committed.update(offsets)
+
+
+async def test_a_slow_snapshot_disk_does_not_stall_consumption(tmp_path, monkeypatch):
+    """Periodic snapshots are written from copies in the background: while one write is stuck for
+    a second, batches keep flowing and offsets keep being committed; the snapshot lands after."""
+    import threading
+
+    from detector.app import DetectorApp
+    from detector.config import load_settings
+    from detector.metrics import Metrics
+    from detector.policy import load_policy
+    from detector.sinks import ConsoleSignalSink, JsonlDeadLetterSink
+
+    records = RECORDS
+    batches = [records[i : i + 200] for i in range(0, len(records), 200)]
+    settings = load_settings(
+        env={},
+        overrides={
+            "snapshot_dir": str(tmp_path),
+            "snapshot_interval_s": 0.1,
+            "account_capacity": 4096,
+            "cluster_capacity": 4096,
+        },
+    )
+    source = _OffsetSource(batches)
+    app = DetectorApp(
+        settings,
+        load_policy(),
+        source=source,
+        signal_sink=ConsoleSignalSink(io.StringIO()),
+        dead_letter_sink=JsonlDeadLetterSink(tmp_path / "dead.jsonl"),
+        metrics=Metrics(),
+    )
+    real_save = PartitionState.save
+    first_write = threading.Event()
+    progress_during_write: list[int] = []
+
+    def slow_save(self, directory):
+        if not first_write.is_set():
+            first_write.set()
+            before = app.stats.records
+            time.sleep(1.0)
+            progress_during_write.append(app.stats.records - before)
+        real_save(self, directory)
+
+    monkeypatch.setattr(PartitionState, "save", slow_save)
+    stats = await app.run(asyncio.Event())
+    assert stats.records == len(records)
+    assert progress_during_write and progress_during_write[0] > 0
+    assert source.committed  # offsets were committed throughout
+    restored = PartitionState.load(tmp_path / "events-0", gate_capacity=4096)
+    assert restored.next_offset == len(records)  # the final snapshot, after the slow one
