@@ -47,6 +47,7 @@ MICRO_BENCHMARKS = (
             "speedup",
             "reference_mismatches",
             "bytes_per_account",
+            "bytes_per_slot",
             "compile_s",
             "compile_uncached_s",
             "median_batch_ms",

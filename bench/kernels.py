@@ -5,6 +5,10 @@ Feeds a synthetic stream (default 5 million events over 1 million accounts, Zipf
 same stream to the pure-Python reference of the tests (``tests/kernels/reference_accounts.py``,
 which recomputes every feature from each account's full history). Prints a table, then one JSON line.
 
+The table is sized for the stream: ``capacity = distinct accounts of the stream / --load-factor``
+(0.8 by default; the generator's stream gives the distinct count), and the memory figure is all
+state bytes / accounts tracked at the end, printed beside the evictions of every pool.
+
 The stream: account of each event drawn with P(rank k) ~ 1 / k**s (s = 1.0 by default); 94 %
 messages, the rest registrations, reports, blocks and group events (reports and blocks target
 accounts drawn from the same distribution); event times uniform over ``--span-h`` hours, 2 % of them
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -110,6 +115,13 @@ def make_stream(n: int, n_accounts: int, *, zipf_s: float, span_h: float, seed: 
     }
 
 
+def distinct_subjects(stream: dict) -> int:
+    """Accounts the stream touches: distinct event subjects (the peer of reports and blocks)."""
+    feedback = (stream["event_type"] == ak.REPORT) | (stream["event_type"] == ak.BLOCK)
+    subjects = np.where(feedback, stream["peer"], stream["account"])
+    return int(np.unique(subjects[subjects != 0]).size)
+
+
 def run_kernel(state: ak.AccountState, stream: dict, lo: int, hi: int, batch: int) -> tuple:
     """Feed events [lo, hi) in batches; returns (seconds, per-batch seconds, features of the last
     batch)."""
@@ -170,7 +182,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--accounts", type=int, default=1_000_000)
-    parser.add_argument("--capacity", type=int, default=1_000_000, help="account table slots")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        help="account table slots (default: the stream's distinct accounts / --load-factor)",
+    )
+    parser.add_argument(
+        "--load-factor",
+        type=float,
+        default=0.8,
+        help="target table fill when sizing the table for the stream",
+    )
     parser.add_argument("--zipf", type=float, default=1.0, help="activity ~ 1 / rank**s")
     parser.add_argument("--span-h", type=float, default=2.0, help="event-time span of the stream")
     parser.add_argument("--batch", type=int, default=65_536)
@@ -188,18 +211,22 @@ def main(argv: list[str] | None = None) -> dict:
         args.events, args.accounts, zipf_s=args.zipf, span_h=args.span_h, seed=args.seed
     )
     generate_s = time.perf_counter() - t
+    # The table is sized for the accounts this stream touches (the generator knows them; a
+    # deployment would size from its expected active accounts), at the stated load factor.
+    expected_accounts = distinct_subjects(stream)
+    capacity = args.capacity or math.ceil(expected_accounts / args.load_factor)
 
     t = time.perf_counter()
-    state = ak.new_account_state(args.capacity)  # maps and zeroes every page of the state
+    state = ak.new_account_state(capacity)  # maps and zeroes every page of the state
     create_s = time.perf_counter() - t
     seconds, per_batch, _ = run_kernel(state, stream, 0, args.events, args.batch)
     stats = ak.account_state_stats(state)
     events_per_s = args.events / seconds
 
     n_ref = min(args.reference_events, args.events)
-    sample_state = ak.new_account_state(args.capacity)
+    sample_state = ak.new_account_state(capacity)
     sample_seconds, _, sample_features = run_kernel(sample_state, stream, 0, n_ref, n_ref)
-    reference_seconds, reference_rows = run_reference(stream, n_ref, args.capacity)
+    reference_seconds, reference_rows = run_reference(stream, n_ref, capacity)
     reference_events_per_s = n_ref / reference_seconds
     mismatches = compare(sample_features, reference_rows)
     load_after = os.getloadavg()
@@ -207,7 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "events": args.events,
         "accounts": args.accounts,
-        "capacity": args.capacity,
+        "expected_accounts": expected_accounts,
+        "capacity": capacity,
+        "probe": int(state.params[ak.P_PROBE]),
         "zipf_s": args.zipf,
         "events_per_s": round(events_per_s),
         "reference_events": n_ref,
@@ -218,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         # The issue's definition: bytes of all state / accounts tracked at the end of the stream.
         "bytes_per_account": round(stats["bytes_per_tracked_account"], 1),
         "bytes_per_slot": round(stats["bytes_per_account"], 1),
-        "load_factor": round(stats["tracked"] / args.capacity, 3),
+        "load_factor": round(stats["tracked"] / capacity, 3),
         "state_mib": round(stats["nbytes"] / 2**20, 1),
         "compile_s": round(compile_s, 3),
         "state_create_s": round(create_s, 3),
@@ -228,6 +257,12 @@ def main(argv: list[str] | None = None) -> dict:
         "tracked": stats["tracked"],
         "late_events": stats["late_events"],
         "evictions": stats["evictions"],
+        "heavy_capacity": stats["heavy_capacity"],
+        "heavy_used": stats["heavy_used"],
+        "pair_capacity": stats["pair_capacity"],
+        "pairs_live": stats["pairs_live"],
+        "sketch_capacity": stats["sketch_capacity"],
+        "recipients_uncounted": stats["recipients_uncounted"],
         "promotions": stats["promotions"],
         "heavy_evictions": stats["heavy_evictions"],
         "pair_evictions": stats["pair_evictions"],
@@ -263,8 +298,18 @@ def main(argv: list[str] | None = None) -> dict:
             "memory",
             f"{result['bytes_per_account']} bytes per tracked account "
             f"({result['bytes_per_slot']} per slot, {result['state_mib']} MiB for "
-            f"{args.capacity:,} slots, {result['load_factor']:.0%} of them tracked; "
+            f"{capacity:,} slots, {result['load_factor']:.0%} of them tracked; "
             f"created in {create_s:.2f} s)",
+        ),
+        (
+            "table sizing",
+            f"{capacity:,} slots = {expected_accounts:,} distinct accounts of the stream "
+            + (
+                f"(given by the generator) / load factor {args.load_factor}"
+                if args.capacity is None
+                else "(--capacity given)"
+            )
+            + f"; probe window {result['probe']}",
         ),
         (
             "compile (cold start)",
@@ -276,9 +321,16 @@ def main(argv: list[str] | None = None) -> dict:
         (
             "table",
             f"tracked {stats['tracked']:,}, late {stats['late_events']:,}, evictions "
-            f"{stats['evictions']:,}, promotions {stats['promotions']:,}, heavy evictions "
-            f"{stats['heavy_evictions']:,}, pair evictions {stats['pair_evictions']:,}, "
-            f"sketches {stats['sketch_promotions']:,} (denied {stats['sketch_denied']:,})",
+            f"{stats['evictions']:,}, promotions {stats['promotions']:,}",
+        ),
+        (
+            "pools",
+            f"heavy rows {stats['heavy_used']:,} of {stats['heavy_capacity']:,} "
+            f"(evictions {stats['heavy_evictions']:,}), pairs {stats['pairs_live']:,} of "
+            f"{stats['pair_capacity']:,} (evictions {stats['pair_evictions']:,}), sketches "
+            f"{stats['sketch_promotions']:,} of {stats['sketch_capacity']:,} (denied "
+            f"{stats['sketch_denied']:,}), recipients uncounted "
+            f"{stats['recipients_uncounted']:,}",
         ),
         (
             "machine load (1 min)",

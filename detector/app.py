@@ -364,7 +364,6 @@ class DetectorApp:
         await self._snapshot(keys)
         for key in keys:
             self.states.pop(key, None)
-        self.metrics.forget_partitions(k.partition for k in keys)
 
     async def partitions_assigned(
         self,

@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
     from detector.app import build_app, run_service
     from detector.config import SettingsError, load_settings
     from detector.policy import PolicyError, load_policy
-    from detector.sources import kafka_client_options
+    from detector.sources import OPERATIONAL_ERRORS, kafka_client_options
 
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _RUN_OPTIONS}
     overrides["exactly_once"] = args.exactly_once
@@ -194,11 +194,24 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger().setLevel(settings.log_level.upper())
     app = build_app(settings, policy, quiet=args.quiet)
-    stats = asyncio.run(
-        run_service(app, duration_s=settings.duration_s, policy_path=settings.policy)
-    )
+    try:
+        stats = asyncio.run(
+            run_service(app, duration_s=settings.duration_s, policy_path=settings.policy)
+        )
+    except OPERATIONAL_ERRORS as exc:  # anything else is a bug: its traceback is kept
+        log.debug("the service failed", exc_info=True)  # the traceback, at --log-level DEBUG
+        print(f"bulkwatch: failed: {_describe(exc)}", file=sys.stderr)
+        return 1
     print(f"bulkwatch: stopped: {stats.line()}", file=sys.stderr)
     return 0
+
+
+def _describe(exc: BaseException) -> str:
+    """One line: the message, prefixed with the error's name unless it is our own DeliveryFailed."""
+    from detector.sources import DeliveryFailed
+
+    message = " ".join(str(exc).split()) or repr(exc)
+    return message if isinstance(exc, DeliveryFailed) else f"{type(exc).__name__}: {message}"
 
 
 def _replay(args: argparse.Namespace) -> int:

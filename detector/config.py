@@ -53,6 +53,8 @@ class Settings:
     signals_topic: str = "ban-signals"
     dlq_topic: str = "events-dlq"
     client_id: str = "bulkwatch"
+    # Static group membership (KIP-345): unique per instance and stable across its restarts
+    group_instance_id: str | None = None
     batch_size: int = 5000
     batch_max_wait_ms: int = 200
     max_inflight_batches: int = 2
@@ -111,6 +113,8 @@ TOPIC_NAME_MAX_CHARS = 249  # Kafka's limit on topic names
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
+GROUP_INSTANCE_ID_MAX_CHARS = 249  # the broker validates it as it validates topic names
+_GROUP_INSTANCE_ID = re.compile(rf"[A-Za-z0-9._-]{{1,{GROUP_INSTANCE_ID_MAX_CHARS}}}")
 _TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 _SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 
@@ -174,6 +178,15 @@ def _validate(s: Settings) -> None:
     for name in ("group", "client_id", "metrics_host"):
         if not getattr(s, name).strip():
             raise SettingsError(f"{name}: must not be empty", setting=name)
+    instance_id = s.group_instance_id
+    if instance_id is not None and (
+        not _GROUP_INSTANCE_ID.fullmatch(instance_id) or instance_id in (".", "..")
+    ):
+        raise SettingsError(
+            f"group_instance_id: {s.group_instance_id!r} is not a valid Kafka group instance id "
+            f"(1 to {GROUP_INSTANCE_ID_MAX_CHARS} of A-Z a-z 0-9 . _ -)",
+            setting="group_instance_id",
+        )
     if s.log_level.upper() not in LOG_LEVELS:
         raise SettingsError(
             f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}",

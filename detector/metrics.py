@@ -76,8 +76,8 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "bulkwatch_consumer_lag",
-            "Records behind the partition's end",
-            ["partition"],
+            "Records behind the end of an input partition this instance owns",
+            ["topic", "partition"],
             registry=r,
         )
         self.tracked_accounts = Gauge(
@@ -204,14 +204,17 @@ class Metrics:
     def set_policy(self, version: str, source: str) -> None:
         self.policy_info.info({"version": version, "source": source.rsplit("/", 1)[-1]})
 
-    def set_lag(self, lag_by_partition: Mapping[int, int]) -> None:
-        for partition, lag in lag_by_partition.items():
-            self.consumer_lag.labels(str(partition)).set(lag)
+    def set_lag(self, lag_by_partition: Mapping[tuple[str, int], int]) -> None:
+        """Set the lag, in records, of each ``(topic, partition)`` given; others are left as they
+        are (the source calls :meth:`forget_partitions` for partitions it no longer owns)."""
+        for (topic, partition), lag in lag_by_partition.items():
+            self.consumer_lag.labels(topic, str(partition)).set(lag)
 
-    def forget_partitions(self, partitions: Iterable[int]) -> None:
-        for partition in partitions:
+    def forget_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Remove the lag series of ``(topic, partition)`` pairs, so only owned partitions export."""
+        for topic, partition in partitions:
             with contextlib.suppress(KeyError):
-                self.consumer_lag.remove(str(partition))
+                self.consumer_lag.remove(topic, str(partition))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

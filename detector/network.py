@@ -34,9 +34,13 @@ class NetworkActivity:
     """Fixed-capacity windows per network address (one table per detector instance)."""
 
     def __init__(self, capacity: int = 200_000, *, lateness_s: int = 30) -> None:
-        # Addresses are few and busy: no shared sketch pool needed beyond the kernel's default.
+        # Addresses are few and some are very busy (carrier NAT: thousands of senders an hour):
+        # a larger sketch pool than the kernel's default for accounts.
         self.state = account_kernels.new_account_state(
-            capacity, lateness_s=lateness_s, ttl_s=2 * 3600
+            capacity,
+            lateness_s=lateness_s,
+            ttl_s=2 * 3600,
+            sketch_capacity=max(1, capacity // 16_384),
         )
 
     def observe(self, batch: EventBatch) -> NetworkFeatures:

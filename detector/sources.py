@@ -152,11 +152,21 @@ class HealthFlag(Protocol):
 
 
 class LagGauge(Protocol):
-    def set_lag(self, lag_by_partition: Mapping[int, int]) -> None: ...
+    """Consumer lag in records, one series per owned ``(topic, partition)`` (implemented by
+    :class:`detector.metrics.Metrics`)."""
+
+    def set_lag(self, lag_by_partition: Mapping[tuple[str, int], int]) -> None: ...
+
+    def forget_partitions(self, partitions: Iterable[tuple[str, int]]) -> None: ...
 
 
 class DeliveryFailed(RuntimeError):
     """Signals, dead letters or offsets of a batch could not be written; the source stops here."""
+
+
+# What a running service can end with because of its environment (brokers, topics, permissions,
+# disks, ports) rather than a bug: `bulkwatch run` reports these in one line, without a traceback.
+OPERATIONAL_ERRORS: tuple[type[Exception], ...] = (DeliveryFailed, KafkaError, OSError)
 
 
 STALE_FETCH_S = 10.0  # no fetch answer for this long while idle: the broker is unreachable
@@ -313,11 +323,18 @@ class KafkaSource:
             self._settled_changed.notify_all()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
+            if self.settings.group_instance_id is not None:
+                log.info(
+                    "static member %s: keeping the group's assignment for the session timeout",
+                    self.settings.group_instance_id,
+                )
             try:
-                # Leaves the group: the partitions move now, not after the session timeout.
+                # A dynamic member leaves the group: the partitions move now, not after the session
+                # timeout. A static member does not: a restart in time gets them back.
                 await asyncio.wait_for(consumer.stop(), timeout=self.settings.shutdown_timeout_s)
             except (TimeoutError, KafkaError) as exc:
                 log.warning("consumer did not close cleanly: %s", exc)
+        self.metrics.forget_partitions(self._owned)  # stopped: this process consumes nothing now
 
     # ------------------------------------------------------------------------------ consuming
 
@@ -349,6 +366,9 @@ class KafkaSource:
         while True:
             consumer = AIOKafkaConsumer(
                 group_id=self.settings.group,
+                # Static membership: a restart within the session timeout gets its partitions back
+                # with no rebalance, but a stop does not leave the group (see docs/kafka.md).
+                group_instance_id=self.settings.group_instance_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 # Right for at-least-once too: records of aborted upstream transactions are skipped.
@@ -431,16 +451,18 @@ class KafkaSource:
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 highwaters[tp] = highwater
-        lag: dict[int, int] = {}
+        lag: dict[TopicPartition, int] = {}  # a TopicPartition is a (topic, partition) tuple
         for tp, highwater in highwaters.items():
             try:
                 position = await asyncio.wait_for(consumer.position(tp), timeout=0.05)
             except (TimeoutError, KafkaError):  # reset pending, or revoked meanwhile
                 continue
-            # Input topics are summed per partition number: the metric is labelled by partition.
-            lag[tp.partition] = lag.get(tp.partition, 0) + max(highwater - position, 0)
-        if lag:
-            self.metrics.set_lag(lag)
+            lag[tp] = max(highwater - position, 0)
+        # A partition revoked during the awaits above has had its series removed: setting it again
+        # would export a stale series for good. No await between this filter and set_lag.
+        owned_lag = {tp: n for tp, n in lag.items() if tp in self._owned}
+        if owned_lag:
+            self.metrics.set_lag(owned_lag)
 
     def _healthy(self) -> bool:
         return self._unready_reason() is None
@@ -576,6 +598,8 @@ class KafkaSource:
                     self._handed_out.pop(key, None)
                     self._settled.pop(key, None)
                 self._owned -= set(revoked)
+                # Lag is exported for owned partitions only: series stay bounded by the assignment.
+                self.metrics.forget_partitions((k.topic, k.partition) for k in keys)
             if keys:
                 log.info(
                     "revoked %d partition(s) in %.2f s: %s",

@@ -22,34 +22,50 @@ left a window). An account idle (no event as subject) for more than ``ttl_s`` is
 reset when it is next probed, and its slot can be reused. Expiry is lazy (on probe). Limits:
 ``lateness_s <= 6 h``, ``ttl_s <= 30 days``, event times in [1970, 2106).
 
-Memory (plain numpy arrays sized at creation; with the defaults 236 bytes per account slot, all
-pools included; ``account_state_stats`` reports them):
+Memory (plain numpy arrays sized at creation; with the defaults 199 bytes per account slot, all
+pools included, so 249 bytes per tracked account at a load factor of 0.8; size the table
+for the expected active accounts at a load factor of about 0.8; ``account_state_stats`` reports
+every pool's use and losses):
 
 * Account table: ``keys`` (uint64) and ``rows`` (uint32, 32 words = 128 bytes), open addressing with
-  linear probing over a bounded window of ``probe`` slots. A row holds the account clock, creation
-  time (to the second), the gap ring with its running sums, and a *log* of its last 8 events that
-  still count in a window (time, type, flags, recipient fingerprint or members). Most accounts are
-  quiet: their features are computed exactly from the log. When a new account finds its probe window
-  full, the least recently active account of the window is evicted (``evictions``); expired accounts
-  are reused first (``expirations``).
-* Heavy pool (``heavy``, 296 words = 1,184 bytes per row, default ``capacity // 16`` rows): when an
+  linear probing over a bounded window of ``probe`` slots (default 128: at load 0.8 a new account
+  almost always finds an empty slot; lookups read only keys, 8 per cache line, and stop at the key
+  or at an empty slot). A row holds the account clock, creation time (to the second), the gap ring
+  with its running sums, and a *log* of its last 8 events that still count in a window (time, type,
+  flags, recipient fingerprint or members). Most accounts are quiet: their features are computed
+  exactly from the log. A new account takes the first empty slot of its window; when the window is
+  full, the first expired account of its first ``EVICTION_SCAN`` (16) slots is reused
+  (``expirations``), else the least recently active of them is evicted (``evictions``).
+* Heavy pool (``heavy``, 180 words = 720 bytes per row, default ``capacity // 16`` rows): when an
   account's log would overflow with events still inside a window, the account is *promoted*: the log
   is replayed into ring buckets with running totals, so every feature is O(1) per event. A heavy row
   whose owner has been idle for 24 h is reclaimed without loss; when none is free, the least recently
   active of ``HEAVY_SCAN`` rows (clock hand) is evicted and its owner restarts light
-  (``heavy_evictions``: that account loses its window history, its counts can only be low).
-* Recipient pairs (``pairs``, 16 bytes, default ``capacity`` entries): distinct recipients of heavy
-  accounts are exact. Each (account, recipient) pair keeps the time it was last messaged; ring buckets
-  count recipients by the bucket of their last message, so a window's distinct count is a running sum.
-  Pairs outside every window are reused; when a probe window is full of live pairs, the least
-  recently used one is dropped (``pair_evictions``; its owner then counts one recipient less).
-* Sketch pool (``sketch_*``, 153 KiB each, default ``capacity // 16384``): once an account has more
-  than ``exact_recipients`` (default 1,024) distinct recipients in 24 h, or 64 when the pair table
-  is crowded where it hashes, its new recipients go to a sliding-window HyperLogLog (``kernels.hll``,
-  m = 4096, Ertl's estimator) rather than to new pairs; its features are then exact pairs + estimate.
-  Stated bound: relative error <= 5 % from 1,000 distinct recipients up (standard error 1.6 %),
-  exact below ``exact_recipients``. If no sketch is free (or idle) the account stays exact
-  (``sketch_denied``).
+  (``heavy_evictions``: that account loses its window history, its counts can only be low). The
+  default covers the benchmark's Zipf stream (7.5 % of its tracked accounts are promoted).
+  Bucket counts are 16 bits and saturate at ``RING_MAX`` = 65,535 (a documented bound, not a
+  wrap): messages per 1 s, 5 s, 1 min and 5 min bucket, the 1 h flag counts (contact known, non
+  contact, forwarded, typing known, no typing) and groups created per 5 min, reports and blocks per
+  hour. A window total is the sum of its (saturated) buckets, so e.g. ``msgs_1h`` is exact below
+  65,535 messages in every 5 min bucket (218 per second). Messages per hour (``msgs_24h``) and
+  members added per 5 min are 32-bit and exact.
+* Recipient pairs (``pairs``, 16 bytes, default ``capacity`` entries, probe window ``PAIR_PROBE``):
+  distinct recipients of heavy accounts are exact. Each (account, recipient) pair keeps the time it
+  was last messaged; ring buckets count recipients by the bucket of their last message, so a
+  window's distinct count is a running sum. Pairs outside every window are reused; when a probe
+  window is full of live pairs, the least recently used one is dropped (``pair_evictions``; its
+  owner then counts one recipient less). The exact part of an account's count is at most
+  ``MAX_EXACT_RECIPIENTS`` (65,535) per window: beyond it, with no sketch available, new recipients
+  are not counted (``recipients_uncounted``).
+* Sketch pool (``sketch_*``, 153 KiB each, default ``capacity // 65536``, at least 1): once an
+  account has more than ``exact_recipients`` (default 1,024) distinct recipients in 24 h, or 64 when
+  the pair table is crowded where it hashes, its new recipients go to a sliding-window HyperLogLog
+  (``kernels.hll``, m = 4096, Ertl's estimator) rather than to new pairs; its features are then
+  exact pairs + estimate. Stated bound: relative error <= 5 % from 1,000 distinct recipients up
+  (standard error 1.6 %), exact below ``exact_recipients``. If no sketch is free (or idle for 24 h)
+  the account stays exact (``sketch_denied``). The default (15 sketches per million slots, 2.4 bytes
+  per slot) assumes senders to more than 1,024 distinct recipients a day are rare; size it up for
+  populations with many bulk senders.
 
 Recipients are identified by a 32-bit fingerprint of the peer id: two recipients of one account
 collide with probability about n^2 / 2^33 (n = 1,000: 1e-4; the count is then one low). Messages
@@ -67,8 +83,9 @@ carried by a message, else unknown (NaN); kept to the second. Group ``members`` 
 clamped to [0, 65535].
 
 Speed: the batch kernel hashes each event once (subject, home slot, peer fingerprint, kept in a
-small ring) and prefetches the memory of the events a few positions ahead (account slot, then heavy
-row and recipient pair); it runs without reference counting (``_nrt=False``: it allocates nothing).
+small ring) and prefetches the memory of the events a few positions ahead (home slot, then the
+account's row found in the first ``PREFETCH_PROBE`` keys of its window, its heavy row lines and
+recipient pairs); it runs without reference counting (``_nrt=False``: it allocates nothing).
 State arrays start on a cache line (a light row is two lines) and their pages are written at
 creation, so no page fault lands in a batch. Numba's on-disk cache (``cache=True``) is keyed on each function's own file: after changing
 ``hll.py`` or ``hashtable.py``, clear ``kernels/__pycache__`` (or bump NUMBA_CACHE_DIR) so callers in
@@ -77,8 +94,10 @@ creation, so no page fault lands in a batch. Numba's on-disk cache (``cache=True
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import mmap
 import time
 import zipfile
 from pathlib import Path
@@ -91,7 +110,7 @@ from numba.cpython.unsafe.numbers import leading_zeros
 from . import hll
 from .hashtable import MAX_TABLE_CAPACITY, fingerprint32, home_slot, prefetch
 
-LAYOUT_VERSION = 2  # 2: pair placement (_pair_home) changed
+LAYOUT_VERSION = 3  # 2: pair placement (_pair_home) changed; 3: compact heavy rows
 
 # Event types and flag bits of the columnar batch (docs/architecture.md).
 MESSAGE, REGISTRATION, REPORT, BLOCK, GROUP_CREATE, GROUP_ADD = 0, 1, 2, 3, 4, 5
@@ -114,11 +133,13 @@ LOG_SLOTS = 8
 MAX_MEMBERS_PER_EVENT = 65535
 MAX_TS_MS = (1 << 32) * 1000  # event times are kept as uint32 seconds
 HEAVY_SCAN = 16  # heavy rows examined per promotion
-PAIR_PROBE = 8  # probe window of the pair table
+EVICTION_SCAN = 16  # slots of a full probe window examined for an expired or evicted account
+PAIR_PROBE = 16  # probe window of the pair table
 SKETCH_RETRY = 64  # a denied account asks for a sketch again every 64 new recipients
 SKETCH_UNDER_PRESSURE = 64  # recipients from which a sender takes a sketch when pairs are crowded
 
 CACHE_LINE = 64
+HUGE_PAGE = 1 << 21
 NO_INDEX = 0xFFFFFFFF
 NO_TIME = -(1 << 62)
 _BIG = 1 << 62
@@ -152,27 +173,44 @@ TAG_NO_PEER = 1 << 29
 TAG_VALID = 1 << 31
 LOG_WIPE_S = 1 << 17
 
-# Heavy row layout (uint32 words).
-HEAVY_WORDS = 296
+# Heavy row layout. ``heavy`` holds uint32 words; the kernels also see the same memory as uint16
+# halves (``heavy16 = heavy.view(np.uint16)``, half ``2 * w + j`` lies in word ``w``). Header and
+# running totals are 32-bit words; ring counters are 16-bit halves that saturate at RING_MAX
+# (their running totals then count the saturated value, so a total is always the sum of its
+# buckets), except the hourly message counts and the 5 min member sums, which are 32-bit words.
+# Recipient counts are 16-bit without saturation: an account's exact recipients are capped at
+# MAX_EXACT_RECIPIENTS per window (see _recipient_seen), so no bucket can exceed it.
+HEAVY_WORDS = 180
+RING_MAX = 65535
+MAX_EXACT_RECIPIENTS = 65535
 H_OWNER = 0  # account slot or NO_INDEX (free)
 H_GEN = 1  # generation, tags the row's recipient pairs
 H_SKETCH = 2  # sketch of all recipients (H_SKETCH + 0) and of business recipients (H_SKETCH + 1)
 H_CLOCK = 4  # ring clock (seconds) = owner's clock
 H_ACTIVE_HOURS = 5  # non-empty hourly message buckets
-H_TOT_15S, H_TOT_1M, H_TOT_15M = 8, 9, 10
+H_TOT_15S, H_TOT_1M, H_TOT_15M = 6, 7, 8
 F1_MSGS, F1_CONTACT_KNOWN, F1_NON_CONTACT, F1_FORWARDED = 0, 1, 2, 3
-F1_TYPING_KNOWN, F1_NO_TYPING, F1_GROUPS, F1_MEMBERS, F1_RECIPIENTS = 4, 5, 6, 7, 8
+F1_TYPING_KNOWN, F1_NO_TYPING, F1_GROUPS, F1_RECIPIENTS, F1_MEMBERS = 4, 5, 6, 7, 8
 NF1 = 9
+NF1_HALVES = 8  # F1_MSGS .. F1_RECIPIENTS are 16-bit, F1_MEMBERS is the bucket's last word
 F24_MSGS, F24_REPORTS, F24_BLOCKS, F24_RECIPIENTS, F24_BUSINESS = 0, 1, 2, 3, 4
 NF24 = 5
-H_TOT_1H = 11
-H_TOT_24H = H_TOT_1H + NF1  # 20
-H_RING_15S = H_TOT_24H + NF24  # 25
-H_RING_1M = H_RING_15S + N15S  # 40
-H_RING_15M = H_RING_1M + N1M  # 52
-H_RING_1H = H_RING_15M + N15M  # 67
-H_RING_24H = H_RING_1H + N1H * NF1  # 175
-assert H_RING_24H + N24H * NF24 <= HEAVY_WORDS
+H_TOT_1H = 9
+H_TOT_24H = H_TOT_1H + NF1  # 18
+# The 15 s, 1 min and 15 min rings (one 16-bit count per bucket), as half indices: with the
+# header and totals they fill the first 48 words.
+Q_RING_15S = 48
+Q_RING_1M = Q_RING_15S + N15S  # 63
+Q_RING_15M = Q_RING_1M + N1M  # 75
+assert Q_RING_15M + N15M <= 96 and H_TOT_24H + NF24 <= Q_RING_15S // 2
+# 1 h ring (words): a bucket is NF1_HALVES halves then the member sum.
+H_RING_1H = 48
+B1H_WORDS = NF1_HALVES // 2 + 1  # 5
+# 24 h ring (words): a bucket is the message count (word 0), then reports, blocks, recipients and
+# business recipients as halves 2 .. 5 (half of field f: 2 * bucket + f + 1).
+H_RING_24H = H_RING_1H + N1H * B1H_WORDS  # 108
+B24H_WORDS = 3
+assert H_RING_24H + N24H * B24H_WORDS == HEAVY_WORDS
 
 # Pair table columns (uint32): owner heavy row (NO_INDEX = never used), generation << 1 | business,
 # recipient fingerprint, last message second.
@@ -197,6 +235,7 @@ N_PARAMS = 8
 C_NOW_MS, C_EVENTS, C_LATE, C_UNATTRIBUTED, C_EVICTIONS, C_EXPIRATIONS = 0, 1, 2, 3, 4, 5
 C_PROMOTIONS, C_HEAVY_RECLAIMS, C_HEAVY_EVICTIONS, C_HEAVY_HAND, C_GENERATION = 6, 7, 8, 9, 10
 C_PAIR_EVICTIONS, C_SKETCH_PROMOTIONS, C_SKETCH_DENIED, C_SKETCH_RECLAIMS = 11, 12, 13, 14
+C_RECIPIENTS_UNCOUNTED = 15
 N_COUNTERS = 16
 
 # Feature blocks written by the kernel: one uint32 row per count, one float32 row per real.
@@ -323,9 +362,22 @@ def _state_shapes(capacity: int, heavy: int, pairs: int, sketches: int) -> dict[
 def _zeros_aligned(shape: tuple, dtype) -> np.ndarray:
     """Zeroed C-contiguous array whose data starts on a cache line (numpy only guarantees 16 bytes):
     a 128-byte light row then spans two cache lines, not three. The zeros are written here, so the
-    pages are mapped at creation and not by page faults in the first batches."""
+    pages are mapped at creation and not by page faults in the first batches.
+
+    Arrays of HUGE_PAGE bytes or more are anonymous memory maps aligned to 2 MiB and advised as
+    transparent huge pages where the OS supports it (Linux ``madvise``): the kernels touch the
+    state at random, and with 4 KiB pages nearly every cache miss would also miss the TLB."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes >= HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
+        region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        whole = np.frombuffer(region, dtype=np.uint8)
+        offset = -whole.ctypes.data % HUGE_PAGE
+        with contextlib.suppress(OSError):  # no huge pages: ordinary pages
+            region.madvise(mmap.MADV_HUGEPAGE, offset, len(region) - offset)
+        buffer = whole[offset : offset + nbytes]
+        buffer.fill(0)  # anonymous maps read as zeros; writing maps the pages now
+        return buffer.view(dtype).reshape(shape)
     buffer = np.empty(nbytes + CACHE_LINE, dtype=np.uint8)
     buffer.fill(0)
     offset = -buffer.ctypes.data % CACHE_LINE
@@ -337,7 +389,7 @@ def new_account_state(
     *,
     lateness_s: int = 30,
     ttl_s: int = 2 * 86_400,
-    probe: int = 16,
+    probe: int = 64,
     heavy_capacity: int | None = None,
     pair_capacity: int | None = None,
     sketch_capacity: int | None = None,
@@ -347,15 +399,20 @@ def new_account_state(
 
     ``lateness_s`` (<= 6 h): events older than the newest event time minus this are late.
     ``ttl_s`` (<= 30 days): an account idle for longer is expired. ``probe``: account-table probe
-    window (slots examined per lookup; the eviction candidates when it is full).
+    window (slots examined per lookup; when it is full, its first EVICTION_SCAN slots are the
+    eviction candidates). The default 64 keeps evictions near zero up to a load factor of 0.8
+    (632 of 571,667 accounts in ``bench.kernels``; 31 with 128, 13,277 with 16); a table that is
+    always full (far more active accounts than slots) pays for a wide window, since every new
+    account scans all of it: there 16-32 is faster (and evicts as much).
     ``heavy_capacity`` (default ``capacity // 16``), ``pair_capacity`` (default ``capacity``) and
-    ``sketch_capacity`` (default ``capacity // 16384``; 0 = always exact) size the shared pools;
-    ``exact_recipients``: distinct recipients in 24 h kept exactly before a sketch takes new ones.
-    With the defaults the state takes about 236 bytes per account slot.
+    ``sketch_capacity`` (default ``capacity // 65536``, at least 1; 0 = always exact) size the
+    shared pools; ``exact_recipients``: distinct recipients in 24 h kept exactly before a sketch
+    takes new ones. With the defaults the state takes about 199 bytes per account slot: size
+    ``capacity`` for the expected accounts at a load factor of about 0.8.
     """
     heavy_capacity = max(1, capacity // 16) if heavy_capacity is None else heavy_capacity
     pair_capacity = max(PAIR_PROBE, capacity) if pair_capacity is None else pair_capacity
-    sketch_capacity = max(1, capacity // 16384) if sketch_capacity is None else sketch_capacity
+    sketch_capacity = max(1, capacity // 65_536) if sketch_capacity is None else sketch_capacity
     checks = (
         ("capacity", capacity, 1, MAX_TABLE_CAPACITY - 1),
         ("heavy_capacity", heavy_capacity, 1, NO_INDEX - 1),
@@ -570,13 +627,12 @@ def _find_account(keys, rows, key, home, now_s, ttl_s, probe):
 def _claim_account(
     keys, rows, heavy, sketch_meta, counters, key, home, ts_s, now_s, ttl_s, probe
 ):  # fmt: skip
-    """Slot of ``key`` (home slot ``home``), inserting it (first empty or expired slot of the probe
-    window, else the least recently active one is evicted). An expired account is reset in place."""
+    """Slot of ``key`` (home slot ``home``), inserting it: into the first empty slot of the probe
+    window, else into the first expired one of the first EVICTION_SCAN slots, else the least
+    recently active account of those is evicted. An expired account is reset in place. Only keys
+    are read unless the window is full (rows are read for their clocks)."""
     cap = keys.shape[0]
     slot = home
-    reuse = -1
-    victim = -1
-    victim_clock = _BIG
     for _ in range(probe):
         k = keys[slot]
         if k == key:
@@ -585,29 +641,35 @@ def _claim_account(
                 _reset_row(rows, heavy, sketch_meta, slot, ts_s)
             return slot
         if k == 0:
-            if reuse < 0:
-                reuse = slot
-            break
-        if reuse < 0:
-            clock = np.int64(rows[slot, L_NOW])
-            if now_s - clock > ttl_s:
-                reuse = slot
-            elif clock < victim_clock:
-                victim = slot
-                victim_clock = clock
+            keys[slot] = key
+            _reset_row(rows, heavy, sketch_meta, slot, ts_s)
+            return slot
         slot += 1
         if slot == cap:
             slot = 0
-    if reuse >= 0:
-        slot = reuse
-        if keys[slot] != 0:
-            counters[C_EXPIRATIONS] += 1
+    victim = home
+    victim_clock = _BIG
+    slot = home
+    expired = False
+    for _ in range(min(probe, EVICTION_SCAN)):
+        clock = np.int64(rows[slot, L_NOW])
+        if now_s - clock > ttl_s:
+            victim = slot
+            expired = True
+            break
+        if clock < victim_clock:
+            victim = slot
+            victim_clock = clock
+        slot += 1
+        if slot == cap:
+            slot = 0
+    if expired:
+        counters[C_EXPIRATIONS] += 1
     else:
-        slot = victim
         counters[C_EVICTIONS] += 1
-    keys[slot] = key
-    _reset_row(rows, heavy, sketch_meta, slot, ts_s)
-    return slot
+    keys[victim] = key
+    _reset_row(rows, heavy, sketch_meta, victim, ts_s)
+    return victim
 
 
 # --------------------------------------------------------------------------------------------
@@ -755,37 +817,59 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _ring_slide(heavy, hidx, ring, total, n_fields, n_buckets, bucket_s, old, now):
-    """Clear the buckets that leave the window between clocks ``old`` and ``now``; returns how many
-    of them had a non-zero first field."""
+def _leaving_buckets(old, now, bucket_s, n_buckets):
+    """Range of the buckets that leave a window of ``n_buckets`` between clocks ``old`` and
+    ``now`` (empty when the bucket did not change)."""
     old_b = _div(old, bucket_s)
     new_b = _div(now, bucket_s)
-    emptied = 0
-    if new_b <= old_b:
-        return emptied
-    for b in range(max(old_b + 1, new_b - n_buckets + 1), new_b + 1):
-        base = ring + _mod(b, n_buckets) * n_fields
-        if heavy[hidx, base] != 0:
-            emptied += 1
-        for f in range(n_fields):
-            v = heavy[hidx, base + f]
-            if v != 0:
-                heavy[hidx, total + f] -= v
-                heavy[hidx, base + f] = 0
-    return emptied
+    return max(old_b + 1, new_b - n_buckets + 1), new_b + 1
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _heavy_advance(heavy, hidx, now):
+def _slide_small(heavy, heavy16, hidx, ring, total, n_buckets, bucket_s, old, now):
+    """Clear the leaving buckets of a ring of single 16-bit counts (half index ``ring``)."""
+    lo, hi = _leaving_buckets(old, now, bucket_s, n_buckets)
+    for b in range(lo, hi):
+        q = ring + _mod(b, n_buckets)
+        v = heavy16[hidx, q]
+        if v != 0:
+            heavy[hidx, total] -= v
+            heavy16[hidx, q] = 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _heavy_advance(heavy, heavy16, hidx, now):
     old = np.int64(heavy[hidx, H_CLOCK])
     if now <= old:
         return
-    _ring_slide(heavy, hidx, H_RING_15S, H_TOT_15S, 1, N15S, B15S_S, old, now)
-    _ring_slide(heavy, hidx, H_RING_1M, H_TOT_1M, 1, N1M, B1M_S, old, now)
-    _ring_slide(heavy, hidx, H_RING_15M, H_TOT_15M, 1, N15M, B15M_S, old, now)
-    _ring_slide(heavy, hidx, H_RING_1H, H_TOT_1H, NF1, N1H, B1H_S, old, now)
-    emptied = _ring_slide(heavy, hidx, H_RING_24H, H_TOT_24H, NF24, N24H, B24H_S, old, now)
-    heavy[hidx, H_ACTIVE_HOURS] -= emptied
+    _slide_small(heavy, heavy16, hidx, Q_RING_15S, H_TOT_15S, N15S, B15S_S, old, now)
+    _slide_small(heavy, heavy16, hidx, Q_RING_1M, H_TOT_1M, N1M, B1M_S, old, now)
+    _slide_small(heavy, heavy16, hidx, Q_RING_15M, H_TOT_15M, N15M, B15M_S, old, now)
+    lo, hi = _leaving_buckets(old, now, B1H_S, N1H)
+    for b in range(lo, hi):
+        w = H_RING_1H + _mod(b, N1H) * B1H_WORDS
+        for f in range(NF1_HALVES):
+            v = heavy16[hidx, 2 * w + f]
+            if v != 0:
+                heavy[hidx, H_TOT_1H + f] -= v
+                heavy16[hidx, 2 * w + f] = 0
+        v = heavy[hidx, w + B1H_WORDS - 1]
+        if v != 0:
+            heavy[hidx, H_TOT_1H + F1_MEMBERS] -= v
+            heavy[hidx, w + B1H_WORDS - 1] = 0
+    lo, hi = _leaving_buckets(old, now, B24H_S, N24H)
+    for b in range(lo, hi):
+        w = H_RING_24H + _mod(b, N24H) * B24H_WORDS
+        v = heavy[hidx, w]
+        if v != 0:
+            heavy[hidx, H_ACTIVE_HOURS] -= 1
+            heavy[hidx, H_TOT_24H + F24_MSGS] -= v
+            heavy[hidx, w] = 0
+        for f in range(1, NF24):
+            v = heavy16[hidx, 2 * w + f + 1]
+            if v != 0:
+                heavy[hidx, H_TOT_24H + f] -= v
+                heavy16[hidx, 2 * w + f + 1] = 0
     heavy[hidx, H_CLOCK] = now
 
 
@@ -795,26 +879,42 @@ def _bump(heavy, hidx, idx, delta):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _bump_1h(heavy, hidx, base, field, delta):
-    """Add ``delta`` to a field of the 1 h bucket at ``base`` and to its running total."""
-    heavy[hidx, base + field] = np.int64(heavy[hidx, base + field]) + delta
-    heavy[hidx, H_TOT_1H + field] = np.int64(heavy[hidx, H_TOT_1H + field]) + delta
+def _bump16(heavy, heavy16, hidx, q, total, delta):
+    """Add ``delta`` >= 0 to the 16-bit count at half ``q``, saturating at RING_MAX, and what was
+    added to the running total at word ``total``."""
+    old = np.int64(heavy16[hidx, q])
+    new = min(old + delta, RING_MAX)
+    heavy16[hidx, q] = new
+    heavy[hidx, total] = np.int64(heavy[hidx, total]) + (new - old)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _bump_recipient(heavy, hidx, business, ts, delta):
-    """Count (+1) or uncount (-1) a recipient last messaged at ``ts`` in the distinct histograms."""
+def _half_1h(ts, field):
+    """Half index of a 16-bit field of the 1 h bucket of ``ts``."""
+    return 2 * (H_RING_1H + _mod(_div(ts, B1H_S), N1H) * B1H_WORDS) + field
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _word_24h(ts):
+    """First word (the message count) of the 24 h bucket of ``ts``."""
+    return H_RING_24H + _mod(_div(ts, B24H_S), N24H) * B24H_WORDS
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bump_recipient(heavy, heavy16, hidx, business, ts, delta):
+    """Count (+1) or uncount (-1) a recipient last messaged at ``ts`` in the distinct histograms
+    (16-bit, never beyond MAX_EXACT_RECIPIENTS: no saturation needed)."""
     clock = np.int64(heavy[hidx, H_CLOCK])
     field = F24_BUSINESS
     if not business:
         field = F24_RECIPIENTS
-        b = _div(ts, B1H_S)
-        if b > _div(clock, B1H_S) - N1H:
-            _bump(heavy, hidx, H_RING_1H + _mod(b, N1H) * NF1 + F1_RECIPIENTS, delta)
+        if _in_window(ts, clock, B1H_S, N1H):
+            q = _half_1h(ts, F1_RECIPIENTS)
+            heavy16[hidx, q] = np.int64(heavy16[hidx, q]) + delta
             _bump(heavy, hidx, H_TOT_1H + F1_RECIPIENTS, delta)
-    b = _div(ts, B24H_S)
-    if b > _div(clock, B24H_S) - N24H:
-        _bump(heavy, hidx, H_RING_24H + _mod(b, N24H) * NF24 + field, delta)
+    if _in_window(ts, clock, B24H_S, N24H):
+        q = 2 * _word_24h(ts) + field + 1
+        heavy16[hidx, q] = np.int64(heavy16[hidx, q]) + delta
         _bump(heavy, hidx, H_TOT_24H + field, delta)
 
 
@@ -856,7 +956,7 @@ def _pair_probe(pairs, home, hidx, genbiz, fp, dead_hour):
 
 
 @njit(cache=True, nogil=True)
-def _pair_make_room(pairs, heavy, counters, home):
+def _pair_make_room(pairs, heavy, heavy16, counters, home):
     """Index to overwrite in a probe window full of live pairs: a pair of a released heavy row, else
     the least recently used pair, which its owner forgets (counted)."""
     cap = pairs.shape[0]
@@ -879,7 +979,7 @@ def _pair_make_room(pairs, heavy, counters, home):
         if p == cap:
             p = 0
     business = np.int64(pairs[victim, PAIR_GENBIZ]) & 1
-    _bump_recipient(heavy, np.int64(pairs[victim, PAIR_OWNER]), business, victim_last, -1)
+    _bump_recipient(heavy, heavy16, np.int64(pairs[victim, PAIR_OWNER]), business, victim_last, -1)
     counters[C_PAIR_EVICTIONS] += 1
     return victim
 
@@ -979,8 +1079,9 @@ def _sketch_attach(heavy, sketch_regs, sketch_meta, counters, hidx, business, de
 
 @njit(cache=True, nogil=True, inline="always")
 def _recipient_seen(
-    heavy, pairs, sketch_regs, sketch_meta, counters, hidx, business, fp, ts, dead_hour, exact
-):
+    heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, hidx, business, fp, ts, dead_hour,
+    exact,
+):  # fmt: skip
     """A message of heavy row ``hidx`` to recipient ``fp`` at ``ts``: update the pair (exact part)
     or the sketch."""
     clock = np.int64(heavy[hidx, H_CLOCK])
@@ -992,8 +1093,8 @@ def _recipient_seen(
         if ts > last:
             # Moving within one 5 min bucket (hence within one hour) changes no count.
             if _div(ts, B1H_S) != _div(last, B1H_S):
-                _bump_recipient(heavy, hidx, business, last, -1)
-                _bump_recipient(heavy, hidx, business, ts, 1)
+                _bump_recipient(heavy, heavy16, hidx, business, last, -1)
+                _bump_recipient(heavy, heavy16, hidx, business, ts, 1)
             pairs[found, PAIR_LAST] = ts
         return
     sk = np.int64(heavy[hidx, H_SKETCH + business])
@@ -1005,6 +1106,17 @@ def _recipient_seen(
     field = F24_BUSINESS if business else F24_RECIPIENTS
     distinct = np.int64(heavy[hidx, H_TOT_24H + field])
     has_pool = sketch_meta.shape[0] > 0
+    if distinct >= MAX_EXACT_RECIPIENTS:
+        # The exact part is full (its 16-bit buckets could overflow): a sketch, else uncounted.
+        if has_pool:
+            sk = _sketch_attach(
+                heavy, sketch_regs, sketch_meta, counters, hidx, business, dead_hour
+            )
+            if sk >= 0:
+                _sketch_add(sketch_regs, sketch_meta, sk, fp, ts, clock)
+                return
+        counters[C_RECIPIENTS_UNCOUNTED] += 1
+        return
     if reuse < 0:
         # The pair table is crowded here: a sender with many recipients moves to a sketch early
         # rather than pushing other accounts' pairs out.
@@ -1015,12 +1127,12 @@ def _recipient_seen(
             if sk >= 0:
                 _sketch_add(sketch_regs, sketch_meta, sk, fp, ts, clock)
                 return
-        reuse = _pair_make_room(pairs, heavy, counters, home)
+        reuse = _pair_make_room(pairs, heavy, heavy16, counters, home)
     pairs[reuse, PAIR_OWNER] = hidx
     pairs[reuse, PAIR_GENBIZ] = genbiz
     pairs[reuse, PAIR_FP] = fp
     pairs[reuse, PAIR_LAST] = ts
-    _bump_recipient(heavy, hidx, business, ts, 1)
+    _bump_recipient(heavy, heavy16, hidx, business, ts, 1)
     over = distinct - exact  # distinct after this one, minus (exact + 1)
     if has_pool and over >= 0 and over % SKETCH_RETRY == 0:
         _sketch_attach(heavy, sketch_regs, sketch_meta, counters, hidx, business, dead_hour)
@@ -1028,56 +1140,59 @@ def _recipient_seen(
 
 @njit(cache=True, nogil=True, inline="always")
 def _heavy_apply(
-    heavy, pairs, sketch_regs, sketch_meta, counters, hidx, ts, kind, flags, aux, has_peer,
-    dead_hour, exact,
+    heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, hidx, ts, kind, flags, aux,
+    has_peer, dead_hour, exact,
 ):  # fmt: skip
     """Count one event (``ts`` <= the row's clock) in the rings of heavy row ``hidx``."""
     clock = np.int64(heavy[hidx, H_CLOCK])
     if kind == MESSAGE:
         if _in_window(ts, clock, B15S_S, N15S):
-            _bump(heavy, hidx, H_RING_15S + _mod(_div(ts, B15S_S), N15S), 1)
-            _bump(heavy, hidx, H_TOT_15S, 1)
+            _bump16(heavy, heavy16, hidx, Q_RING_15S + _mod(_div(ts, B15S_S), N15S), H_TOT_15S, 1)
         if _in_window(ts, clock, B1M_S, N1M):
-            _bump(heavy, hidx, H_RING_1M + _mod(_div(ts, B1M_S), N1M), 1)
-            _bump(heavy, hidx, H_TOT_1M, 1)
+            _bump16(heavy, heavy16, hidx, Q_RING_1M + _mod(_div(ts, B1M_S), N1M), H_TOT_1M, 1)
         if _in_window(ts, clock, B15M_S, N15M):
-            _bump(heavy, hidx, H_RING_15M + _mod(_div(ts, B15M_S), N15M), 1)
-            _bump(heavy, hidx, H_TOT_15M, 1)
+            q = Q_RING_15M + _mod(_div(ts, B15M_S), N15M)
+            _bump16(heavy, heavy16, hidx, q, H_TOT_15M, 1)
         if _in_window(ts, clock, B1H_S, N1H):
-            base = H_RING_1H + _mod(_div(ts, B1H_S), N1H) * NF1
+            q = _half_1h(ts, 0)
             # 0/1 increments without branches: the flags are data, their branches mispredict.
             known = np.int64((flags & CONTACT_KNOWN) != 0)
             typing_known = np.int64((flags & TYPING_KNOWN) != 0)
             non_contact = known & np.int64((flags & IN_CONTACTS) == 0)
             no_typing = typing_known & np.int64((flags & TYPING) == 0)
-            _bump_1h(heavy, hidx, base, F1_MSGS, 1)
-            _bump_1h(heavy, hidx, base, F1_CONTACT_KNOWN, known)
-            _bump_1h(heavy, hidx, base, F1_NON_CONTACT, non_contact)
-            _bump_1h(heavy, hidx, base, F1_FORWARDED, np.int64((flags & FORWARDED) != 0))
-            _bump_1h(heavy, hidx, base, F1_TYPING_KNOWN, typing_known)
-            _bump_1h(heavy, hidx, base, F1_NO_TYPING, no_typing)
+            forwarded = np.int64((flags & FORWARDED) != 0)
+            _bump16(heavy, heavy16, hidx, q + F1_MSGS, H_TOT_1H + F1_MSGS, 1)
+            _bump16(heavy, heavy16, hidx, q + F1_CONTACT_KNOWN, H_TOT_1H + F1_CONTACT_KNOWN, known)
+            _bump16(
+                heavy, heavy16, hidx, q + F1_NON_CONTACT, H_TOT_1H + F1_NON_CONTACT, non_contact
+            )
+            _bump16(heavy, heavy16, hidx, q + F1_FORWARDED, H_TOT_1H + F1_FORWARDED, forwarded)
+            _bump16(
+                heavy, heavy16, hidx, q + F1_TYPING_KNOWN, H_TOT_1H + F1_TYPING_KNOWN, typing_known
+            )
+            _bump16(heavy, heavy16, hidx, q + F1_NO_TYPING, H_TOT_1H + F1_NO_TYPING, no_typing)
         if _in_window(ts, clock, B24H_S, N24H):
-            base = H_RING_24H + _mod(_div(ts, B24H_S), N24H) * NF24
-            if heavy[hidx, base + F24_MSGS] == 0:
+            w = _word_24h(ts)
+            if heavy[hidx, w] == 0:
                 _bump(heavy, hidx, H_ACTIVE_HOURS, 1)
-            _bump(heavy, hidx, base + F24_MSGS, 1)
+            _bump(heavy, hidx, w, 1)
             _bump(heavy, hidx, H_TOT_24H + F24_MSGS, 1)
         if has_peer:
             for business in range(2 if flags & BUSINESS else 1):
                 _recipient_seen(
-                    heavy, pairs, sketch_regs, sketch_meta, counters, hidx, business, aux, ts,
-                    dead_hour, exact,
+                    heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, hidx, business,
+                    aux, ts, dead_hour, exact,
                 )  # fmt: skip
-    elif kind in (GROUP_CREATE, GROUP_ADD):
+    elif kind == GROUP_CREATE:
         if _in_window(ts, clock, B1H_S, N1H):
-            field = F1_GROUPS if kind == GROUP_CREATE else F1_MEMBERS
-            amount = 1 if kind == GROUP_CREATE else aux
-            _bump(heavy, hidx, H_RING_1H + _mod(_div(ts, B1H_S), N1H) * NF1 + field, amount)
-            _bump(heavy, hidx, H_TOT_1H + field, amount)
+            _bump16(heavy, heavy16, hidx, _half_1h(ts, F1_GROUPS), H_TOT_1H + F1_GROUPS, 1)
+    elif kind == GROUP_ADD:
+        if _in_window(ts, clock, B1H_S, N1H):
+            _bump(heavy, hidx, _half_1h(ts, 0) // 2 + B1H_WORDS - 1, aux)
+            _bump(heavy, hidx, H_TOT_1H + F1_MEMBERS, aux)
     elif kind in (REPORT, BLOCK) and _in_window(ts, clock, B24H_S, N24H):
         field = F24_REPORTS if kind == REPORT else F24_BLOCKS
-        _bump(heavy, hidx, H_RING_24H + _mod(_div(ts, B24H_S), N24H) * NF24 + field, 1)
-        _bump(heavy, hidx, H_TOT_24H + field, 1)
+        _bump16(heavy, heavy16, hidx, 2 * _word_24h(ts) + field + 1, H_TOT_24H + field, 1)
 
 
 @njit(cache=True, nogil=True)
@@ -1126,7 +1241,9 @@ def _heavy_alloc(rows, heavy, sketch_meta, counters, slot, now, dead_hour):
 
 
 @njit(cache=True, nogil=True)
-def _promote(rows, heavy, pairs, sketch_regs, sketch_meta, counters, slot, dead_hour, exact):
+def _promote(
+    rows, heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, slot, dead_hour, exact
+):  # fmt: skip
     """Move a light account's log into a heavy row; returns the row."""
     now = np.int64(rows[slot, L_NOW])
     hidx = _heavy_alloc(rows, heavy, sketch_meta, counters, slot, now, dead_hour)
@@ -1135,7 +1252,7 @@ def _promote(rows, heavy, pairs, sketch_regs, sketch_meta, counters, slot, dead_
         if tag == 0:
             continue
         _heavy_apply(
-            heavy, pairs, sketch_regs, sketch_meta, counters, hidx, _log_ts(tag, now),
+            heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, hidx, _log_ts(tag, now),
             (tag >> TAG_TYPE_SHIFT) & 7, (tag >> TAG_FLAGS_SHIFT) & 0xFF,
             np.int64(rows[slot, L_LOG + 2 * k + 1]), (tag & TAG_NO_PEER) == 0, dead_hour, exact,
         )  # fmt: skip
@@ -1229,6 +1346,7 @@ def _zero_features(counts, reals, gap_counts, active_hours, i):
 
 PREFETCH_SLOT = 8
 PREFETCH_ROWS = 4
+PREFETCH_PROBE = 8  # probe-window slots searched for a prefetched account (one line of keys)
 HASH_RING = 16  # > PREFETCH_SLOT, a power of two
 
 
@@ -1252,22 +1370,40 @@ def _hash_ahead(keys, rows, hashes, i, kind, account, peer):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _prefetch_rows(keys, rows, heavy, pairs, subject, slot, fp, kind, ts_ms, peer, flags):
-    if keys[slot] != subject:
+def _prefetch_rows(keys, rows, heavy, pairs, subject, home, fp, kind, ts_ms, peer, flags, probe):
+    """Prefetch the row of an event's account (found in its probe window, whose keys were
+    prefetched earlier), then its heavy row lines and recipient pairs."""
+    cap = keys.shape[0]
+    slot = home
+    for _ in range(min(probe, PREFETCH_PROBE)):
+        k = keys[slot]
+        if k == subject:
+            break
+        if k == 0:
+            return
+        slot += 1
+        if slot == cap:
+            slot = 0
+    else:
         return
+    if slot != home:
+        prefetch(rows, slot, 0)
     hidx = np.int64(rows[slot, L_HEAVY])
     if hidx == NO_INDEX:
         prefetch(rows, slot, L_LOG)  # the log, in the row's second cache line
         return
-    for word in range(0, H_RING_1H, 16):  # header, totals, 15 s, 1 min and 15 min rings
-        prefetch(heavy, hidx, word)
+    # Header, totals and the 15 s, 1 min and 15 min rings: words 0-47 (rows are not line aligned).
+    prefetch(heavy, hidx, 0)
+    prefetch(heavy, hidx, 16)
+    prefetch(heavy, hidx, 32)
+    prefetch(heavy, hidx, H_RING_1H - 1)
     ts = _div(ts_ms, 1000)
-    bucket_1h = H_RING_1H + _mod(_div(ts, B1H_S), N1H) * NF1
-    prefetch(heavy, hidx, bucket_1h)
-    prefetch(heavy, hidx, bucket_1h + NF1 - 1)
-    bucket_24h = H_RING_24H + _mod(_div(ts, B24H_S), N24H) * NF24
-    prefetch(heavy, hidx, bucket_24h)
-    prefetch(heavy, hidx, bucket_24h + NF24 - 1)
+    w = _half_1h(ts, 0) // 2
+    prefetch(heavy, hidx, w)
+    prefetch(heavy, hidx, w + B1H_WORDS - 1)
+    w = _word_24h(ts)
+    prefetch(heavy, hidx, w)
+    prefetch(heavy, hidx, w + B24H_WORDS - 1)
     if kind == MESSAGE and peer != 0:
         prefetch(pairs, _pair_home(hidx, 0, fp, pairs.shape[0]), 0)
         if flags & BUSINESS:
@@ -1278,7 +1414,7 @@ def _prefetch_rows(keys, rows, heavy, pairs, subject, slot, fp, kind, ts_ms, pee
 # for the whole call. Refcount updates of array arguments otherwise cost ~60 ns per event.
 @njit(cache=True, nogil=True, _nrt=False)
 def _update_accounts(
-    keys, rows, heavy, pairs, sketch_regs, sketch_meta, params, counters,
+    keys, rows, heavy, pairs, sketch_regs, sketch_meta, params, counters, heavy16,
     ts_ms, account, peer, event_type, flags, members, created_ms,
     counts, reals, gap_counts, active_hours, late, hashes,
 ):  # fmt: skip
@@ -1301,7 +1437,7 @@ def _update_accounts(
             _prefetch_rows(
                 keys, rows, heavy, pairs, hashes[r, 0], np.int64(hashes[r, 1]),
                 np.uint32(hashes[r, 2]), np.int64(event_type[ahead]), ts_ms[ahead], peer[ahead],
-                flags[ahead],
+                flags[ahead], probe,
             )  # fmt: skip
         ts = ts_ms[i]
         kind = np.int64(event_type[i])
@@ -1361,16 +1497,16 @@ def _update_accounts(
                     to_heavy = False
                 elif to_heavy:  # the log is full: promote
                     hidx = _promote(
-                        rows, heavy, pairs, sketch_regs, sketch_meta, counters, slot, dead_hour,
-                        exact,
+                        rows, heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, slot,
+                        dead_hour, exact,
                     )  # fmt: skip
             else:
                 rows[slot, L_NOW] = clock
-                _heavy_advance(heavy, hidx, clock)
+                _heavy_advance(heavy, heavy16, hidx, clock)
             if to_heavy:
                 _heavy_apply(
-                    heavy, pairs, sketch_regs, sketch_meta, counters, hidx, ts_s, kind, flags8,
-                    aux, has_peer, dead_hour, exact,
+                    heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, hidx, ts_s, kind,
+                    flags8, aux, has_peer, dead_hour, exact,
                 )  # fmt: skip
         if hidx == NO_INDEX:
             _light_features(rows, slot, counts, reals, active_hours, i)
@@ -1444,7 +1580,10 @@ def update_accounts(
                 f"ts_ms must lie in [0, {MAX_TS_MS}), got [{ts_ms.min()}, {ts_ms.max()}]"
             )
         hashes = np.empty((HASH_RING, 4), dtype=np.uint64)  # scratch of the batch kernel
-        _update_accounts(*state, *columns, counts, reals, gap_counts, active_hours, late, hashes)
+        heavy16 = state.heavy.view(np.uint16)  # the same memory, for the 16-bit ring counts
+        _update_accounts(
+            *state, heavy16, *columns, counts, reals, gap_counts, active_hours, late, hashes
+        )
     features = dict(zip(COUNT_FIELDS, counts, strict=True))
     features.update(zip(REAL_FIELDS, reals, strict=True))
     features.update(gap_count=gap_counts, active_hours_24h=active_hours, late=late)
@@ -1521,6 +1660,7 @@ def account_state_stats(state: AccountState) -> dict:
         "sketch_promotions": int(c[C_SKETCH_PROMOTIONS]),
         "sketch_reclaims": int(c[C_SKETCH_RECLAIMS]),
         "sketch_denied": int(c[C_SKETCH_DENIED]),
+        "recipients_uncounted": int(c[C_RECIPIENTS_UNCOUNTED]),
         "now_ms": None if c[C_NOW_MS] == NO_TIME else int(c[C_NOW_MS]),
         "nbytes": nbytes,
         "bytes_per_account": nbytes / capacity,

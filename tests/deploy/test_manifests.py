@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from detector.config import SettingsError, load_settings, settings_fields
+from detector.metrics import Metrics
 from tests.deploy import (
     ALERTS,
     DASHBOARD,
@@ -871,6 +872,10 @@ def _panels_querying(dashboard: dict[str, Any], pattern: str) -> list[str]:
         ("events/s by type", r"sum by \(type\) \(rate\(bulkwatch_events_total"),
         ("consumer lag", r"bulkwatch_consumer_lag"),
         (
+            "consumer lag by topic and partition",
+            r"by \(topic, partition\) \(bulkwatch_consumer_lag",
+        ),
+        (
             "batch latency percentiles",
             r"histogram_quantile\(0\.99, .*bulkwatch_batch_seconds_bucket",
         ),
@@ -1027,3 +1032,67 @@ def test_health_endpoints_answer_as_the_probes_expect(running_bulkwatch) -> None
     # the service is consuming (it has processed batches), so it reports ready
     assert http_get(f"{running_bulkwatch.base_url}/readyz")[0] == 200
     assert http_get(f"{running_bulkwatch.base_url}/no-such-page")[0] == 404
+
+
+_GROUPING = re.compile(r"\bby\s*\(([^)]*)\)")
+_LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_TEST_SERIES = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)\{(.*)\}$")
+
+
+def exported_label_names(exposition) -> dict[str, set[str]]:
+    """Label names of every sampled series of the running service, plus those of the Kafka-only
+    series: the service above runs the simulator, which owns no Kafka partition, so the consumer
+    lag has no series there; its labels are those of what the Kafka source's call exports."""
+    names = {metric: set(labels) for metric, labels in exposition.labels_by_series.items()}
+    kafka = Metrics()
+    kafka.set_lag({("events", 0): 3})
+    for metric, labels in parse_exposition(kafka.exposition().decode()).labels_by_series.items():
+        names.setdefault(metric, set()).update(labels)
+    return names
+
+
+def test_the_kafka_only_series_are_labelled_by_topic_and_partition(bulkwatch_exposition) -> None:
+    assert exported_label_names(bulkwatch_exposition)["bulkwatch_consumer_lag"] == {
+        "topic",
+        "partition",
+    }
+
+
+def test_grouping_and_legend_labels_exist_on_the_queried_series(
+    dashboard, bulkwatch_exposition
+) -> None:
+    """`sum by (...)` and `{{label}}` legends name labels that a queried metric exports (else
+    Grafana shows one merged line, or an empty legend)."""
+    exported = exported_label_names(bulkwatch_exposition)
+    queries = [
+        (panel["title"], target["expr"], target.get("legendFormat", ""))
+        for panel in iter_panels(dashboard["panels"])
+        for target in panel.get("targets", [])
+        if target.get("expr")
+    ] + [(name, expr, "") for name, expr in alert_expressions()]
+    checked: set[tuple[str, str]] = set()
+    for where, expr, legend in queries:
+        wanted = {label.strip() for group in _GROUPING.findall(expr) for label in group.split(",")}
+        wanted |= set(_LEGEND_LABEL.findall(legend))
+        offered = set().union(*(exported.get(m, set()) for m in metric_names(expr)))
+        for label in wanted - TARGET_LABELS - {""}:
+            assert label in offered, f"{where}: no queried metric has label {label!r} ({expr})"
+            checked |= {(m, label) for m in metric_names(expr) if label in exported.get(m, ())}
+    assert {("bulkwatch_consumer_lag", "topic"), ("bulkwatch_consumer_lag", "partition")} <= checked
+
+
+def test_alert_unit_test_series_carry_the_labels_the_service_exports(bulkwatch_exposition) -> None:
+    """The promtool tests feed series shaped like real ones: the exported labels plus the target's."""
+    exported = exported_label_names(bulkwatch_exposition)
+    compared = 0
+    for test in load_yaml(PROMETHEUS_DIR / "alerts_test.yml")["tests"]:
+        for series in test["input_series"]:
+            match = _TEST_SERIES.match(series["series"])
+            assert match, series["series"]
+            metric, body = match.groups()
+            if metric not in exported:  # `up` and the like: Prometheus's own series
+                continue
+            labels = {label for label, _, _ in re.findall(r'(\w+)\s*(=)\s*"([^"]*)"', body)}
+            assert labels - TARGET_LABELS == exported[metric], f"{test['name']}: {series['series']}"
+            compared += 1
+    assert compared >= 20

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -13,11 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import TopicAuthorizationFailedError
 
+import detector.app
 import detector.sinks
 from detector.cli import build_parser, main
 from detector.config import ENV_PREFIX, Settings
 from detector.policy import REASON_CODES, default_policy_path
+from detector.sources import DeliveryFailed
 
 SIGNAL_FIELDS = {
     "signal_id": str,
@@ -318,3 +323,76 @@ def test_run_and_produce_share_every_kafka_connection_flag():
     }
     assert connection <= flags("run") and connection <= flags("produce")
     assert "--sasl-password" not in flags("run") | flags("produce")  # secrets stay out of argv
+
+
+# -- run: how the service ends ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def failing_service(monkeypatch) -> list[BaseException]:
+    """`run` with the service replaced: run_service raises the exception put in the list."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    raised: list[BaseException] = []
+
+    async def fake_run_service(app, *, duration_s, policy_path):
+        raise raised[0]
+
+    monkeypatch.setattr(detector.app, "build_app", lambda settings, policy, quiet: object())
+    monkeypatch.setattr(detector.app, "run_service", fake_run_service)
+    return raised
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            DeliveryFailed(
+                "Kafka refused a record for topic 'ban-signals': TopicAuthorizationFailed"
+            ),
+            "bulkwatch: failed: Kafka refused a record for topic 'ban-signals': "
+            "TopicAuthorizationFailed",
+        ),
+        (
+            TopicAuthorizationFailedError("not authorized to write to 'events-dlq'"),
+            "bulkwatch: failed: TopicAuthorizationFailedError: [Error 29] "
+            "TopicAuthorizationFailedError: not authorized to write to 'events-dlq'",
+        ),
+        (
+            PermissionError(13, "Permission denied", "/var/lib/bulkwatch/snapshots"),
+            "bulkwatch: failed: PermissionError: [Errno 13] Permission denied: "
+            "'/var/lib/bulkwatch/snapshots'",
+        ),
+    ],
+)
+def test_run_ending_on_an_operational_error_prints_one_line_and_exits_1(
+    failing_service, capsys, error, line
+):
+    failing_service.append(error)
+    assert main(["run", "--source", "kafka"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [line]
+    assert "Traceback" not in err
+
+
+def test_run_ending_on_an_unexpected_error_keeps_the_traceback(failing_service):
+    failing_service.append(ZeroDivisionError("a bug"))
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        main(["run", "--source", "kafka"])
+
+
+def test_run_on_a_metrics_port_in_use_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    """The real service (embedded simulator): the health server cannot bind, nothing else runs."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["run", "--metrics-port", str(port), "--duration", "5", "--quiet"])
+    assert code == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("bulkwatch:")]
+    assert line.startswith(f"bulkwatch: failed: OSError: [Errno {errno.EADDRINUSE}]"), line

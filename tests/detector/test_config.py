@@ -300,3 +300,19 @@ def test_replace_validates_and_converts():
     with pytest.raises(SettingsError, match=r"^lateness_s: must be in \[0, 21600\]"):
         replace(base, lateness_s=LATENESS_S_MAX + 1)
     assert dataclasses.asdict(replace(base)) == dataclasses.asdict(base)
+
+
+def test_group_instance_id_is_unset_by_default_and_comes_from_the_environment():
+    assert Settings().group_instance_id is None
+    assert load_settings(env={"BULKWATCH_GROUP_INSTANCE_ID": ""}).group_instance_id is None
+    pod_name = "bulkwatch-6f9c7d8b5-x2k4q"
+    assert (
+        load_settings(env={"BULKWATCH_GROUP_INSTANCE_ID": pod_name}).group_instance_id == pod_name
+    )
+    assert Settings(group_instance_id="a" * 249).group_instance_id == "a" * 249
+
+
+@pytest.mark.parametrize("instance_id", ["pod 1", "x" * 250, "pod/1", "é", ".."])
+def test_group_instance_id_must_be_a_valid_kafka_id(instance_id):
+    with pytest.raises(SettingsError, match=r"group_instance_id: .* is not a valid Kafka group"):
+        load_settings(env={"BULKWATCH_GROUP_INSTANCE_ID": instance_id})

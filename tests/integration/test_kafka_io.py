@@ -4,15 +4,20 @@ listeners, and the record-level helpers (offset runs, dead-letter records, parti
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from detector.app import build_app
 from detector.config import Settings
 from detector.events import DeadLetter, DeadLetterReason
+from detector.metrics import Metrics
 from detector.policy import load_policy
 from detector.simulator import SimulatorConfig
 from detector.sinks import (
@@ -21,9 +26,9 @@ from detector.sinks import (
     partition_key,
     produce_simulation,
 )
-from detector.sources import PartitionKey, contiguous_units, kafka_client_options
+from detector.sources import KafkaSource, PartitionKey, contiguous_units, kafka_client_options
 
-from .test_service import EVENT_PARTITIONS, committed_offsets, end_offsets, read_topic
+from .service_helpers import EVENT_PARTITIONS, committed_offsets, end_offsets, read_topic
 
 
 def _record(partition: int, offset: int, value: bytes | None) -> ConsumerRecord:
@@ -118,6 +123,18 @@ def test_security_settings_reach_the_clients(tmp_path):
     assert "ssl_context" not in kafka_client_options(Settings())
 
 
+async def _committed_or_none(bootstrap: str, group: str, topic: str) -> dict[int, int] | None:
+    """The group's committed offsets; None while its coordinator is not available yet (on a fresh
+    broker the first group request creates __consumer_offsets and is answered with a retriable
+    error)."""
+    try:
+        return await committed_offsets(bootstrap, group, topic)
+    except KafkaError as exc:
+        if not exc.retriable:
+            raise
+        return None
+
+
 @pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
 async def test_the_service_consumes_and_produces_over_tls(
     kafka_broker, create_topic, topic_name, tmp_path, protocol
@@ -160,7 +177,7 @@ async def test_the_service_consumes_and_produces_over_tls(
     run = asyncio.create_task(app.run(stop))
     target = await end_offsets(kafka_broker.bootstrap, events, EVENT_PARTITIONS)
     async with asyncio.timeout(60):
-        while await committed_offsets(kafka_broker.bootstrap, settings.group, events) != target:
+        while await _committed_or_none(kafka_broker.bootstrap, settings.group, events) != target:
             assert not run.done(), run.exception()
             await asyncio.sleep(0.2)
     stop.set()
@@ -171,3 +188,205 @@ async def test_the_service_consumes_and_produces_over_tls(
     enforced = [s for s in map(json.loads, (r.value for r in produced)) if not s["shadow"]]
     assert enforced, "the simulated abusers give signals"
     assert len(enforced) == sum(stats.signals_by_action.values())
+
+
+class _GroupMember:
+    """A KafkaSource with its own metrics, driven as the app drives it: every unit it hands out is
+    committed right away. Checks, at each batch, that the lag it exports for every partition equals
+    the records produced there minus those handed out (it starts from offset 0)."""
+
+    def __init__(self, settings: Settings, produced: dict[tuple[str, int], int]) -> None:
+        self.metrics = Metrics()
+        self.source = KafkaSource(settings, metrics=self.metrics)
+        self.produced = produced
+        self.handed_out: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.check_exact = True
+        self.batches = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._consume())
+
+    async def _consume(self) -> None:
+        await self.source.start()
+        async for units in self.source.polls():
+            if not units:
+                continue
+            for unit in units:
+                key = unit.partition
+                self.handed_out[(key.topic, key.partition)] += len(unit.records)
+            if self.check_exact:
+                for pair, lag in self.lag().items():
+                    assert lag == self.produced[pair] - self.handed_out[pair], pair
+            self.batches += 1
+            await self.source.commit({u.partition: u.next_offset for u in units if u.next_offset})
+
+    def lag(self) -> dict[tuple[str, int], float]:
+        """The exported bulkwatch_consumer_lag series, by (topic, partition)."""
+        return {
+            (sample.labels["topic"], int(sample.labels["partition"])): sample.value
+            for family in self.metrics.registry.collect()
+            if family.name == "bulkwatch_consumer_lag"
+            for sample in family.samples
+        }
+
+    def assert_running(self) -> None:
+        assert self._task is not None
+        if self._task.done():
+            raise AssertionError("the member stopped") from self._task.exception()
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self.source.stop()
+
+
+async def test_lag_is_exported_per_topic_and_partition_for_owned_partitions_only(
+    kafka_broker, create_topic, topic_name
+):
+    """Two input topics with the same partition numbers: one series each, exact while consuming,
+    0 once caught up; after a second member joins, each member exports exactly the partitions it
+    owns (the revoked ones' series are gone), and none after leaving the group."""
+    bootstrap = kafka_broker.bootstrap
+    topics = (f"{topic_name}-a", f"{topic_name}-b")
+    for topic in topics:
+        await create_topic(bootstrap, topic, 2)
+    produced = {(topics[0], 0): 60, (topics[0], 1): 25, (topics[1], 0): 40, (topics[1], 1): 0}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for (topic, partition), count in produced.items():
+            for i in range(count):
+                await producer.send(topic, f"{topic}-{partition}-{i}".encode(), partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    every = set(produced)
+    settings = Settings(
+        source="kafka",
+        bootstrap=bootstrap,
+        topics=topics,
+        group=f"{topic_name}-group",
+        batch_size=7,
+        batch_max_wait_ms=50,
+    )
+
+    first = _GroupMember(settings, produced)
+    first.start()
+    try:
+        async with asyncio.timeout(60):
+            while first.lag() != dict.fromkeys(every, 0):
+                first.assert_running()
+                await asyncio.sleep(0.1)
+        assert first.handed_out == {pair: n for pair, n in produced.items() if n}
+        assert first.batches >= sum(produced.values()) // settings.batch_size
+
+        second = _GroupMember(settings, produced)
+        second.check_exact = False  # it resumes from the first's commits, not from offset 0
+        first.check_exact = False
+        second.start()
+        try:
+            async with asyncio.timeout(60):
+                while not (first.lag() and second.lag() and first.lag().keys() != every):
+                    first.assert_running()
+                    second.assert_running()
+                    await asyncio.sleep(0.1)
+                # The second member exports what it restored; the first what it kept.
+                while set(first.lag()) | set(second.lag()) != every:
+                    await asyncio.sleep(0.1)
+            assert not set(first.lag()) & set(second.lag())
+            assert set(first.lag().values()) == set(second.lag().values()) == {0}
+        finally:
+            await second.stop()
+        assert second.lag() == {}
+    finally:
+        await first.stop()
+    assert first.lag() == {}
+
+
+class _AssignmentLog:
+    """Rebalance hooks that record what a source was assigned and revoked (nothing to restore)."""
+
+    def __init__(self) -> None:
+        self.assigned: list[set[int]] = []
+        self.revoked: list[set[int]] = []
+
+    async def partitions_revoked(self, keys: list[PartitionKey]) -> None:
+        self.revoked.append({k.partition for k in keys})
+
+    async def partitions_assigned(self, keys, committed, read) -> dict[PartitionKey, int]:
+        self.assigned.append({k.partition for k in keys})
+        return {}
+
+
+async def _consume(source: KafkaSource) -> None:
+    await source.start()
+    async for units in source.polls():
+        if units:
+            await source.commit({u.partition: u.next_offset for u in units if u.next_offset})
+
+
+async def test_a_static_member_restarted_within_the_session_timeout_gets_its_partitions_back(
+    kafka_broker, create_topic, topic_name
+):
+    """group_instance_id (KIP-345): the first member (the group's leader) stops and a new process
+    with the same instance id starts a moment later. It is given the very partitions it had, and
+    the other member keeps its own throughout: no revoke anywhere, so no state moves."""
+    bootstrap = kafka_broker.bootstrap
+    topic = f"{topic_name}-events"
+    await create_topic(bootstrap, topic, EVENT_PARTITIONS)
+
+    def member(instance_id: str) -> tuple[KafkaSource, _AssignmentLog, asyncio.Task[None]]:
+        settings = Settings(
+            source="kafka",
+            bootstrap=bootstrap,
+            topics=(topic,),
+            group=f"{topic_name}-group",
+            client_id=f"bulkwatch-{instance_id}",
+            group_instance_id=instance_id,
+        )
+        source, hooks = KafkaSource(settings, metrics=Metrics()), _AssignmentLog()
+        source.set_listener(hooks)
+        return source, hooks, asyncio.create_task(_consume(source))
+
+    async def stop(source: KafkaSource, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await source.stop()
+
+    first, first_log, first_task = member("bulkwatch-a")
+    async with asyncio.timeout(30):
+        while not first_log.assigned:
+            await asyncio.sleep(0.05)
+    second, second_log, second_task = member("bulkwatch-b")
+    try:
+        async with asyncio.timeout(30):
+            while not second_log.assigned or len(first_log.assigned) < 2:
+                await asyncio.sleep(0.05)
+        kept_by_first = first_log.assigned[-1]  # eager protocol: revoke all, assign the new share
+        assert kept_by_first and second_log.assigned == [
+            set(range(EVENT_PARTITIONS)) - kept_by_first
+        ]
+        assert second_log.revoked == []
+
+        await stop(first, first_task)  # a static member does not leave the group
+        restarted, restarted_log, restarted_task = member("bulkwatch-a")
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with asyncio.timeout(30):
+                while not restarted_log.assigned:
+                    await asyncio.sleep(0.05)
+            waited_s = loop.time() - started
+            await asyncio.sleep(4)  # a rebalance would reach the second member within a heartbeat
+            assert restarted_log.assigned == [kept_by_first]
+            assert second_log.revoked == [] and len(second_log.assigned) == 1
+            assert restarted_log.revoked == []
+            print(f"the restarted static member had its partitions back in {waited_s:.2f} s")
+        finally:
+            await stop(restarted, restarted_task)
+    finally:
+        await stop(second, second_task)

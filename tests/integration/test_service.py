@@ -31,7 +31,6 @@ from .service_helpers import (
     broker_process,
     committed_offsets,
     detected_accounts,
-    end_offsets,  # noqa: F401 - re-exported: test_kafka_io.py imports it from here
     log_partitions,
     make_topics,
     metric,
@@ -130,7 +129,9 @@ async def test_simulated_traffic_gives_signals_dead_letters_and_metrics(
     }
     assert exported == per_reason
     for partition in range(EVENT_PARTITIONS):
-        assert metric(samples, "bulkwatch_consumer_lag", partition=str(partition)) == 0
+        lag_labels = {"topic": topics.events, "partition": str(partition)}
+        assert ("bulkwatch_consumer_lag", tuple(sorted(lag_labels.items()))) in samples
+        assert metric(samples, "bulkwatch_consumer_lag", **lag_labels) == 0
     assert metric(samples, "bulkwatch_ready") == 1
     assert (await service.get("/healthz"))[0] == 200
     assert (await service.get("/readyz"))[0] == 200
@@ -246,7 +247,8 @@ async def test_two_instances_split_the_partitions_and_hand_over_state(
         assert snapshots[partition] == resumed[partition]
     samples = await second.metrics()
     for partition in range(EVENT_PARTITIONS):
-        assert ("bulkwatch_consumer_lag", (("partition", str(partition)),)) in samples
+        lag_labels = {"topic": topics.events, "partition": str(partition)}
+        assert ("bulkwatch_consumer_lag", tuple(sorted(lag_labels.items()))) in samples
 
     # One instance over the same topic, for comparison.
     solo = services(

@@ -2,10 +2,14 @@
 to it, and each feature is recomputed from that list by its definition (dicts, lists and sets).
 
 It shares the kernel's *specification* only: the window buckets, the late / TTL rules, the table's
-probe-and-evict policy (which account is dropped when the probe window is full), the gap encoding and
-the creation-time precedence. It has no log, no heavy rows, no pairs and no sketches: with pools large
+probe-and-evict policy (a new account takes the first empty slot of its probe window; in a full
+window, the first expired or else the least recently active of the first EVICTION_SCAN slots), the
+gap encoding, the creation-time precedence and the documented saturation of 16-bit bucket counts at
+RING_MAX (``capped_count``). It has no log, no heavy rows, no pairs and no sketches: with pools large
 enough the kernel must agree with it exactly; sketches must agree within their error bound.
-Recipients are compared by full peer id here (the kernel uses 32-bit fingerprints).
+Recipients are compared by full peer id here (the kernel uses 32-bit fingerprints); the kernel's cap
+of MAX_EXACT_RECIPIENTS exact recipients per window (65,535, when no sketch is free) is not modelled
+here and is tested directly.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ WINDOW_24H = (3600, 24)
 GAP_SLOTS = 16
 GAP_MIN = 8
 GAP_CAP_MS = (1 << 26) - 1
+EVICTION_SCAN = 16
+RING_MAX = 65535  # per-bucket bound of the 16-bit counts (see capped_count)
 MAX_MEMBERS = 65535
 MASK64 = (1 << 64) - 1
 
@@ -64,6 +70,21 @@ def decode_gap_ms(code: int) -> int:
     return (mantissa << e) + (1 << (e - 1))
 
 
+def capped_count(events: list, now_s: int, window: tuple[int, int]) -> int:
+    """Events of ``events`` inside ``window`` at ``now_s``, each bucket counting at most RING_MAX.
+
+    The documented bound of the kernel's 16-bit ring counts (message counts per bucket of the
+    15 s / 1 min / 15 min / 1 h windows, their flag counts, groups created, and reports and blocks
+    per hour). Message counts per hour (24 h window), member sums and recipients are not capped.
+    """
+    per_bucket: dict[int, int] = {}
+    for e in events:
+        ts_s = e.ts_ms // 1000
+        if in_window(ts_s, now_s, window):
+            per_bucket[ts_s // window[0]] = per_bucket.get(ts_s // window[0], 0) + 1
+    return sum(min(n, RING_MAX) for n in per_bucket.values())
+
+
 @dataclass
 class Event:
     ts_ms: int
@@ -93,7 +114,7 @@ def features_of(account: AccountModel | None, ts_ms: int) -> dict:
     messages = [e for e in account.events if e.type == MESSAGE]
 
     def count(events, window):
-        return sum(1 for e in events if in_window(e.ts_ms // 1000, now, window))
+        return capped_count(events, now, window)
 
     def in_1h(e):
         return in_window(e.ts_ms // 1000, now, WINDOW_1H)
@@ -120,30 +141,34 @@ def features_of(account: AccountModel | None, ts_ms: int) -> dict:
         "msgs_15s": count(messages, WINDOW_15S),
         "msgs_1m": count(messages, WINDOW_1M),
         "msgs_15m": count(messages, WINDOW_15M),
-        "msgs_1h": len(msgs_1h),
+        "msgs_1h": count(msgs_1h, WINDOW_1H),
         "msgs_24h": len(msgs_24h),
         "recipients_1h": len({e.peer for e in msgs_1h if e.peer != 0}),
         "recipients_24h": len({e.peer for e in msgs_24h if e.peer != 0}),
-        "contact_known_1h": sum(1 for e in msgs_1h if e.flags & CONTACT_KNOWN),
-        "non_contact_1h": sum(
-            1 for e in msgs_1h if e.flags & CONTACT_KNOWN and not e.flags & IN_CONTACTS
+        "contact_known_1h": count([e for e in msgs_1h if e.flags & CONTACT_KNOWN], WINDOW_1H),
+        "non_contact_1h": count(
+            [e for e in msgs_1h if e.flags & CONTACT_KNOWN and not e.flags & IN_CONTACTS], WINDOW_1H
         ),
-        "forwarded_1h": sum(1 for e in msgs_1h if e.flags & FORWARDED),
-        "typing_known_1h": sum(1 for e in msgs_1h if e.flags & TYPING_KNOWN),
-        "no_typing_1h": sum(1 for e in msgs_1h if e.flags & TYPING_KNOWN and not e.flags & TYPING),
+        "forwarded_1h": count([e for e in msgs_1h if e.flags & FORWARDED], WINDOW_1H),
+        "typing_known_1h": count([e for e in msgs_1h if e.flags & TYPING_KNOWN], WINDOW_1H),
+        "no_typing_1h": count(
+            [e for e in msgs_1h if e.flags & TYPING_KNOWN and not e.flags & TYPING], WINDOW_1H
+        ),
         "gap_cv": gap_cv,
         "gap_count": len(gaps),
         "gap_mean_s": gap_mean_s,
         "active_hours_24h": len({e.ts_ms // 1000 // 3600 for e in msgs_24h}),
         "age_s": age_s,
-        "groups_created_1h": sum(1 for e in account.events if e.type == GROUP_CREATE and in_1h(e)),
+        "groups_created_1h": count(
+            [e for e in account.events if e.type == GROUP_CREATE], WINDOW_1H
+        ),
         "members_added_1h": sum(
             min(max(e.members, 0), MAX_MEMBERS)
             for e in account.events
             if e.type == GROUP_ADD and in_1h(e)
         ),
-        "reports_24h": sum(1 for e in account.events if e.type == REPORT and in_24h(e)),
-        "blocks_24h": sum(1 for e in account.events if e.type == BLOCK and in_24h(e)),
+        "reports_24h": count([e for e in account.events if e.type == REPORT], WINDOW_24H),
+        "blocks_24h": count([e for e in account.events if e.type == BLOCK], WINDOW_24H),
         "business_recipients_24h": len(
             {e.peer for e in msgs_24h if e.peer != 0 and e.flags & BUSINESS}
         ),
@@ -153,7 +178,9 @@ def features_of(account: AccountModel | None, ts_ms: int) -> dict:
 class ReferenceAccounts:
     """The model of one ``AccountState`` (same capacity, lateness, TTL and probe window)."""
 
-    def __init__(self, capacity: int, *, lateness_s: int = 30, ttl_s: int = 2 * 86_400, probe=16):
+    def __init__(
+        self, capacity: int, *, lateness_s: int = 30, ttl_s: int = 2 * 86_400, probe: int = 128
+    ):
         self.capacity = capacity
         self.lateness_ms = lateness_s * 1000
         self.ttl_s = ttl_s
@@ -185,10 +212,11 @@ class ReferenceAccounts:
         return None
 
     def claim(self, key: int, ts_s: int, now_s: int) -> AccountModel:
-        """The account of ``key``: fresh if new or expired; may expire or evict another account."""
-        reuse = victim = None
-        victim_clock = math.inf
-        for slot in self._probe(key):
+        """The account of ``key``: fresh if new or expired. A new key takes the first empty slot
+        of its window; in a full window, the first expired account of the first EVICTION_SCAN
+        slots, else the least recently active of them (evicted)."""
+        window = list(self._probe(key))
+        for slot in window:
             other = self.slots[slot]
             if other == key:
                 if self._expired(self.accounts[key], now_s):
@@ -196,23 +224,18 @@ class ReferenceAccounts:
                     self.accounts[key] = AccountModel(clock_s=ts_s)
                 return self.accounts[key]
             if other == 0:
-                reuse = slot if reuse is None else reuse
-                break
-            if reuse is None:
-                clock = self.accounts[other].clock_s
-                if now_s - clock > self.ttl_s:
-                    reuse = slot
-                elif clock < victim_clock:
-                    victim, victim_clock = slot, clock
-        if reuse is not None:
-            slot = reuse
-            if self.slots[slot] != 0:
-                self.expirations += 1
-        else:
-            slot = victim
+                self.slots[slot] = key
+                self.accounts[key] = AccountModel(clock_s=ts_s)
+                return self.accounts[key]
+        candidates = window[:EVICTION_SCAN]
+        expired = [s for s in candidates if self._expired(self.accounts[self.slots[s]], now_s)]
+        if expired:
+            slot = expired[0]
+            self.expirations += 1
+        else:  # the first of the least recently active
+            slot = min(candidates, key=lambda s: self.accounts[self.slots[s]].clock_s)
             self.evictions += 1
-        if self.slots[slot] != 0:
-            del self.accounts[self.slots[slot]]
+        del self.accounts[self.slots[slot]]
         self.slots[slot] = key
         self.accounts[key] = AccountModel(clock_s=ts_s)
         return self.accounts[key]

@@ -20,10 +20,12 @@ from tests.kernels.reference_accounts import (
     MESSAGE,
     REGISTRATION,
     REPORT,
+    AccountModel,
     Event,
     ReferenceAccounts,
     decode_gap_ms,
     encode_gap_ms,
+    features_of,
     fmix64,
 )
 
@@ -200,6 +202,23 @@ def test_tiny_table_evicts_and_expires_like_reference(events, capacity, probe, l
     assert_features(got, reference_columns(reference.update(events)), events)
     stats = assert_counters(state, reference)
     assert stats["tracked"] <= capacity
+
+
+@settings(SETTINGS, max_examples=60)
+@given(
+    events=streams(accounts=list(range(1, 41)), max_size=150),
+    capacity=st.integers(ak.EVICTION_SCAN + 1, ak.EVICTION_SCAN + 8),
+    probe=st.integers(ak.EVICTION_SCAN + 1, ak.EVICTION_SCAN + 8),
+    ttl_s=st.sampled_from([60, 3_600, 2 * 86_400]),
+)
+def test_probe_window_wider_than_eviction_scan_like_reference(events, capacity, probe, ttl_s):
+    """New accounts take any empty slot of the window; a full window evicts among its first
+    EVICTION_SCAN slots only."""
+    state = exact_state(capacity, probe=probe, ttl_s=ttl_s)
+    reference = ReferenceAccounts(capacity, probe=probe, ttl_s=ttl_s)
+    got = run(state, events)
+    assert_features(got, reference_columns(reference.update(events)), events)
+    assert_counters(state, reference)
 
 
 def test_table_full_evicts_least_recently_active():
@@ -597,11 +616,41 @@ def test_subject_with_heavy_history_after_ttl_starts_fresh():
 # Interface, memory and persistence
 
 
-def test_default_memory_per_account_is_at_most_256_bytes():
+def test_default_memory_is_at_most_256_bytes_per_account_at_load_0_8():
     state = ak.new_account_state(1_000_000)
     stats = ak.account_state_stats(state)
-    assert stats["bytes_per_account"] <= 256
+    assert stats["bytes_per_account"] / 0.8 <= 256
     assert stats["nbytes"] == ak.state_nbytes(state)
+
+
+def test_ring_counts_saturate_at_the_documented_bound():
+    """70,000 messages in one second: 16-bit bucket counts stop at 65,535, the hourly message
+    count (32-bit) stays exact, and the next second's bucket counts from zero."""
+    burst = [Event(T0, 1, 0, MESSAGE, 4, 0, -1)] * 70_000  # CONTACT_KNOWN, no peer
+    after = [Event(T0 + 1_000, 1, 0, MESSAGE, 0, 0, -1)] * 100
+    state = exact_state()
+    got = run(state, burst + after, cuts=[69_999])
+    model = AccountModel(clock_s=(T0 + 1_000) // 1000, events=burst + after)
+    want = features_of(model, T0 + 1_000)
+    for name in ("msgs_15s", "msgs_1m", "msgs_15m", "msgs_1h"):
+        assert got[name][69_999] == ak.RING_MAX
+        assert got[name][-1] == want[name]
+    assert got["msgs_15s"][-1] == ak.RING_MAX + 100  # a new 1 s bucket
+    assert got["msgs_1h"][-1] == ak.RING_MAX  # the same 5 min bucket
+    assert got["contact_known_1h"][-1] == ak.RING_MAX == want["contact_known_1h"]
+    assert got["msgs_24h"][-1] == 70_100 == want["msgs_24h"]
+
+
+def test_exact_recipients_are_capped_when_no_sketch_is_available():
+    n = ak.MAX_EXACT_RECIPIENTS + 5
+    events = [Event(T0 + k // 300, 1, 10 + k, MESSAGE, 0, 0, -1) for k in range(n)]
+    state = exact_state(pair_capacity=1 << 18)
+    got = run(state, events)
+    stats = ak.account_state_stats(state)
+    assert stats["pair_evictions"] == 0 and stats["sketch_capacity"] == 0
+    assert got["recipients_24h"][-7] == ak.MAX_EXACT_RECIPIENTS - 1
+    assert got["recipients_24h"][-1] == got["recipients_1h"][-1] == ak.MAX_EXACT_RECIPIENTS
+    assert stats["recipients_uncounted"] == 5
 
 
 def test_input_validation():
