@@ -986,11 +986,18 @@ def steady_window(samples: list[Sample], total: int) -> tuple[float, float] | No
 
 
 def whole_window(samples: list[Sample], total: int) -> tuple[float, float] | None:
-    """The fallback for drains too short for a steady state: first commit to the last record."""
+    """The fallback for drains too short for a steady state: first commit to the last record, or,
+    when both fall between the same two samples, the sample before them to the last record (a
+    lower bound of the rate)."""
     lo = _first_time(samples, lambda s: s.committed > 0)
     hi = _first_time(samples, lambda s: s.committed >= total)
-    if lo is None or hi is None or hi <= lo:
+    if lo is None or hi is None:
         return None
+    if hi <= lo:
+        before = [s.t for s in samples if s.t < lo]
+        if not before:
+            return None
+        lo = before[-1]
     return lo, hi
 
 

@@ -46,6 +46,8 @@ def test_too_short_drains_fall_back_to_first_commit_to_last() -> None:
     samples = [sample(0.0, 0, 0), sample(0.1, 400, 400), sample(0.2, 1000, 1000)]
     assert steady_window(samples, 1000) is None
     assert whole_window(samples, 1000) == (0.1, 0.2)
+    drained_between_two_samples = [sample(0.0, 0, 0), sample(0.1, 0, 0), sample(0.2, 1000, 1000)]
+    assert whole_window(drained_between_two_samples, 1000) == (0.1, 0.2)  # a lower bound
 
 
 def test_latency_is_append_time_minus_produce_time_of_the_triggering_event() -> None:
