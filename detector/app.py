@@ -26,6 +26,7 @@ from typing import TextIO
 
 from detector.config import Settings
 from detector.content import ContentClusters
+from detector.events import decode_batch
 from detector.metrics import HealthServer, Metrics
 from detector.network import NetworkActivity
 from detector.pipeline import BatchResult, Pipeline
@@ -480,6 +481,16 @@ def warm_up() -> float:
     started = time.perf_counter()
     account_kernels.warm_up()
     ContentClusters(capacity=1024).warm_up()
+    # The decoder's scan (plain and escaped text) and the content path of decoded texts.
+    sample = decode_batch(
+        [
+            b'{"type":"message","ts":1767225600000,"account":"a","peer":"b","text":"caf\xc3\xa9"}',
+            b'{"type":"message","ts":1767225600001,"account":"a","peer":"c","text":"x\\n\\u00e9"}',
+        ]
+    ).events
+    ContentClusters(capacity=1024).assign(
+        sample.ts_ms, sample.account, sample.peer, sample.flags, sample.texts
+    )
     return time.perf_counter() - started
 
 

@@ -11,4 +11,7 @@ fi
 bash deploy/install-promtool.sh
 python -m pip install -q --disable-pip-version-check -e '.[dev]'
 ruff check .
+# Compile the Numba kernels into their on-disk cache once (a minute or two on a clean clone), so the
+# tests that start bulkwatch as a subprocess, with start-up deadlines, find them compiled.
+bulkwatch warm-up
 python -m pytest "$@"
