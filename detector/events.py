@@ -224,7 +224,7 @@ def decode_batch(records: Sequence[bytes]) -> DecodedBatch:
         data = np.frombuffer(b"".join(records), dtype=np.uint8)
     except TypeError:  # a record that is not bytes-like: the slow path names it
         data = np.empty(0, dtype=np.uint8)
-        scanned = jsonscan.ScannedRecords(n)
+        scanned = jsonscan.new_scanned(n)
     else:
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, records), dtype=np.int64, count=n), out=offsets[1:])
@@ -251,7 +251,7 @@ def decode_batch(records: Sequence[bytes]) -> DecodedBatch:
     return DecodedBatch(_columns(scanned, flags, data, np.flatnonzero(valid)), dead)
 
 
-_SCAN_LIMITS = jsonscan.ScanLimits(
+_SCAN_LIMITS = jsonscan.scan_limits(
     EVENT_TYPE_NAMES,
     tuple(name in _PEER_REQUIRED for name in EVENT_TYPE_NAMES),
     MIN_TS_MS,

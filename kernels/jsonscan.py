@@ -21,6 +21,8 @@ and the event's type, time, ``chat`` and required ``peer`` satisfy the contract.
 bits and type codes are passed in by the caller (they belong to the contract, not to this kernel).
 """
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -74,41 +76,66 @@ MAX_DIGITS = 18  # 10**18 - 1 < 2**63
 SPAN_ACCOUNT, SPAN_PEER, SPAN_IP, SPAN_TEXT = 0, 1, 2, 3
 
 
-class ScanLimits:
-    """The contract's limits and codes the scan enforces, as plain values (see ``scan_records``)."""
+class ScanLimits(NamedTuple):
+    """The contract's limits and codes the scan enforces, as arrays (``scan_limits`` makes them)."""
 
-    def __init__(
-        self,
-        type_names: tuple[str, ...],
-        peer_required: tuple[bool, ...],
-        min_ts_ms: int,
-        max_ts_ms: int,
-        max_members: int,
-        max_record_bytes: int,
-    ) -> None:
-        if len(type_names) != len(peer_required):
-            raise ValueError("type_names and peer_required differ in length")
-        self.type_bytes, self.type_offsets = _joined(type_names)
-        self.peer_required = np.array(peer_required, dtype=np.bool_)
-        self.bounds = np.array([min_ts_ms, max_ts_ms, max_members, max_record_bytes], np.int64)
+    type_bytes: np.ndarray  # uint8, the event type names concatenated
+    type_offsets: np.ndarray  # int64, where each name starts (and one past the last)
+    peer_required: np.ndarray  # bool, per event type
+    bounds: np.ndarray  # int64: min ts, max ts, max members, max record bytes
 
 
-class ScannedRecords:
-    """Columns of a scanned batch; rows where ``accepted`` is False hold garbage."""
+def scan_limits(
+    type_names: tuple[str, ...],
+    peer_required: tuple[bool, ...],
+    min_ts_ms: int,
+    max_ts_ms: int,
+    max_members: int,
+    max_record_bytes: int,
+) -> ScanLimits:
+    if len(type_names) != len(peer_required):
+        raise ValueError("type_names and peer_required differ in length")
+    type_bytes, type_offsets = _joined(type_names)
+    return ScanLimits(
+        type_bytes,
+        type_offsets,
+        np.array(peer_required, dtype=np.bool_),
+        np.array([min_ts_ms, max_ts_ms, max_members, max_record_bytes], np.int64),
+    )
 
-    def __init__(self, n: int, unescaped_capacity: int = 0) -> None:
-        self.accepted = np.zeros(n, dtype=np.bool_)
-        self.type = np.zeros(n, dtype=np.uint8)
-        self.ts_ms = np.zeros(n, dtype=np.int64)
-        self.created_ms = np.full(n, -1, dtype=np.int64)
-        self.members = np.ones(n, dtype=np.int32)
-        self.booleans = np.zeros(n, dtype=np.uint8)  # bit 2k: field k known, bit 2k+1: true
-        self.group_chat = np.zeros(n, dtype=np.bool_)
-        self.spans = np.full((n, 4, 2), -1, dtype=np.int64)
-        self.text_plain = np.ones(n, dtype=np.bool_)
-        self.ids = np.zeros((n, 3), dtype=np.uint64)  # account, peer, ip (0 = absent)
-        # texts with escapes, unescaped (UTF-8); their spans index data followed by this buffer
-        self.unescaped = np.empty(unescaped_capacity, dtype=np.uint8)
+
+class ScannedRecords(NamedTuple):
+    """Columns of a scanned batch (``new_scanned`` makes them); rows where ``accepted`` is False
+    hold garbage."""
+
+    accepted: np.ndarray  # bool
+    type: np.ndarray  # uint8
+    ts_ms: np.ndarray  # int64
+    created_ms: np.ndarray  # int64, -1 when absent
+    members: np.ndarray  # int32, 1 when absent
+    booleans: np.ndarray  # uint8, bit 2k: field k known, bit 2k+1: true
+    group_chat: np.ndarray  # bool
+    spans: np.ndarray  # int64 (n, 4, 2), see SPAN_*
+    text_plain: np.ndarray  # bool, text is None or ASCII without NUL
+    ids: np.ndarray  # uint64 (n, 3): account, peer, ip (0 = absent)
+    unescaped: np.ndarray  # uint8, texts with escapes, unescaped; spans index data followed by it
+
+
+def new_scanned(n: int, unescaped_capacity: int = 0) -> ScannedRecords:
+    """Columns for ``n`` records, every one declined until scanned."""
+    return ScannedRecords(
+        accepted=np.zeros(n, dtype=np.bool_),
+        type=np.zeros(n, dtype=np.uint8),
+        ts_ms=np.zeros(n, dtype=np.int64),
+        created_ms=np.full(n, -1, dtype=np.int64),
+        members=np.ones(n, dtype=np.int32),
+        booleans=np.zeros(n, dtype=np.uint8),
+        group_chat=np.zeros(n, dtype=np.bool_),
+        spans=np.full((n, 4, 2), -1, dtype=np.int64),
+        text_plain=np.ones(n, dtype=np.bool_),
+        ids=np.zeros((n, 3), dtype=np.uint64),
+        unescaped=np.empty(unescaped_capacity, dtype=np.uint8),
+    )
 
 
 BOOLEAN_FIELDS = (F_IN_CONTACTS, F_FORWARDED, F_TYPING, F_BUSINESS)  # bit pair k of ``booleans``
@@ -126,35 +153,10 @@ def scan_records(data: np.ndarray, offsets: np.ndarray, limits: ScanLimits) -> S
         raise ValueError("offsets must hold n + 1 positions within data")
     if np.any(np.diff(offsets) < 0):
         raise ValueError("offsets must be ascending")
-    out = ScannedRecords(offsets.shape[0] - 1, unescaped_capacity=data.shape[0])
+    out = new_scanned(offsets.shape[0] - 1, unescaped_capacity=data.shape[0])
     cursor = np.zeros(1, dtype=np.int64)
-    _scan(
-        data,
-        offsets,
-        limits.type_bytes,
-        limits.type_offsets,
-        limits.peer_required,
-        limits.bounds,
-        _FIELD_BYTES,
-        _FIELD_OFFSETS,
-        _FIELD_KIND,
-        _CHAT_BYTES,
-        _CHAT_OFFSETS,
-        out.accepted,
-        out.type,
-        out.ts_ms,
-        out.created_ms,
-        out.members,
-        out.booleans,
-        out.group_chat,
-        out.spans,
-        out.text_plain,
-        out.ids,
-        out.unescaped,
-        cursor,
-    )
-    out.unescaped = out.unescaped[: cursor[0]]
-    return out
+    _scan(data, offsets, limits, out, cursor)
+    return out._replace(unescaped=out.unescaped[: cursor[0]])
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -338,34 +340,9 @@ _FALSE = np.frombuffer(b"false", dtype=np.uint8).copy()
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _scan_one(
-    data,
-    start,
-    end,
-    row,
-    type_bytes,
-    type_offsets,
-    peer_required,
-    bounds,
-    field_bytes,
-    field_offsets,
-    field_kind,
-    chat_bytes,
-    chat_offsets,
-    type_out,
-    ts_out,
-    created_out,
-    members_out,
-    booleans_out,
-    group_out,
-    spans_out,
-    text_plain_out,
-    ids_out,
-    unescaped,
-    cursor,
-):
+def _scan_one(data, start, end, row, limits, out, cursor):
     """Scan one record; True when accepted (outputs of the row written), False to decline."""
-    if end - start > bounds[3]:
+    if end - start > limits.bounds[3]:
         return False
     i = _skip_ws(data, start, end)
     if i >= end or data[i] != 0x7B:  # {
@@ -382,7 +359,7 @@ def _scan_one(
         key_stop = _string_end(data, i + 1, end, False)
         if key_stop < 0:
             return False
-        field = _match(data, i + 1, key_stop, field_bytes, field_offsets)
+        field = _match(data, i + 1, key_stop, _FIELD_BYTES, _FIELD_OFFSETS)
         if field < 0:
             return False  # unknown field: the slow path skips it
         bit = 1 << field
@@ -396,7 +373,7 @@ def _scan_one(
         if i >= end:
             return False
         c = data[i]
-        kind = field_kind[field]
+        kind = _FIELD_KIND[field]
         if c == 0x6E:  # null
             if field <= F_ACCOUNT or field == F_MEMBERS or not _literal(data, i, end, _NULL):
                 return False  # not optional: null is a type error for the slow path to name
@@ -410,23 +387,25 @@ def _scan_one(
                 return False
             length = value_stop - value_start
             if field == 0:
-                event_type = _match(data, value_start, value_stop, type_bytes, type_offsets)
+                event_type = _match(
+                    data, value_start, value_stop, limits.type_bytes, limits.type_offsets
+                )
                 if event_type < 0:
                     return False
-                type_out[row] = event_type
+                out.type[row] = event_type
             elif field == 2 or field == 3:  # account, peer
                 if length < 1 or length > MAX_ID_BYTES:
                     return False
                 slot = 0 if field == 2 else 1
-                spans_out[row, slot, 0] = value_start
-                spans_out[row, slot, 1] = value_stop
-                ids_out[row, slot] = hash_span(data, value_start, value_stop)
+                out.spans[row, slot, 0] = value_start
+                out.spans[row, slot, 1] = value_stop
+                out.ids[row, slot] = hash_span(data, value_start, value_stop)
                 has_peer = has_peer or field == 3
             elif field == 4:  # chat
-                chat = _match(data, value_start, value_stop, chat_bytes, chat_offsets)
+                chat = _match(data, value_start, value_stop, _CHAT_BYTES, _CHAT_OFFSETS)
                 if chat < 0:
                     return False
-                group_out[row] = chat == 1
+                out.group_chat[row] = chat == 1
             elif field == 5:  # text
                 text_start, text_stop = value_start, value_stop
                 escaped = False
@@ -437,12 +416,12 @@ def _scan_one(
                 plain = True  # ASCII without NUL
                 if escaped:  # unescaped into the side buffer
                     text_start = cursor[0]
-                    text_stop = _unescape(data, value_start, value_stop, unescaped, text_start)
+                    text_stop = _unescape(data, value_start, value_stop, out.unescaped, text_start)
                     if text_stop < 0:
                         return False
                     cursor[0] = text_stop
                     for j in range(text_start, text_stop):
-                        plain &= (unescaped[j] < 0x80) & (unescaped[j] != 0)
+                        plain &= (out.unescaped[j] < 0x80) & (out.unescaped[j] != 0)
                     text_start += data.shape[0]  # spans index data followed by the side buffer
                     text_stop += data.shape[0]
                 else:
@@ -450,13 +429,13 @@ def _scan_one(
                         plain &= data[j] < 0x80
                 if text_stop - text_start > MAX_TEXT_BYTES:
                     return False
-                text_plain_out[row] = plain
-                spans_out[row, 3, 0] = text_start
-                spans_out[row, 3, 1] = text_stop
+                out.text_plain[row] = plain
+                out.spans[row, 3, 0] = text_start
+                out.spans[row, 3, 1] = text_stop
             elif field == 11:  # ip
-                spans_out[row, 2, 0] = value_start
-                spans_out[row, 2, 1] = value_stop
-                ids_out[row, 2] = hash_span(data, value_start, value_stop)
+                out.spans[row, 2, 0] = value_start
+                out.spans[row, 2, 1] = value_stop
+                out.ids[row, 2] = hash_span(data, value_start, value_stop)
             i = value_stop + 1
         elif kind == 1:
             if c < 0x30 or c > 0x39:
@@ -472,16 +451,16 @@ def _scan_one(
             if i < end and (data[i] == 0x2E or data[i] == 0x65 or data[i] == 0x45):
                 return False  # a fraction or exponent: not an integer
             if field == 1 or field == 13:  # ts, account_created
-                if value < bounds[0] or value > bounds[1]:
+                if value < limits.bounds[0] or value > limits.bounds[1]:
                     return False
                 if field == 1:
-                    ts_out[row] = value
+                    out.ts_ms[row] = value
                 else:
-                    created_out[row] = value
+                    out.created_ms[row] = value
             else:  # members
-                if value < 1 or value > bounds[2]:
+                if value < 1 or value > limits.bounds[2]:
                     return False
-                members_out[row] = value
+                out.members[row] = value
         else:
             if _literal(data, i, end, _TRUE):
                 truth = 1
@@ -492,7 +471,7 @@ def _scan_one(
             else:
                 return False
             pair = 2 * (field - 6)
-            booleans_out[row] |= (1 | (truth << 1)) << pair
+            out.booleans[row] |= (1 | (truth << 1)) << pair
         i = _skip_ws(data, i, end)
         if i >= end:
             return False
@@ -506,61 +485,14 @@ def _scan_one(
         return False
     if (seen & 0b111) != 0b111:  # type, ts and account are required
         return False
-    return has_peer or not peer_required[event_type]
+    return has_peer or not limits.peer_required[event_type]
 
 
 # Without reference counting: it allocates nothing, and per-record calls would otherwise pay atomic
 # increments and decrements on every array argument.
 @njit(cache=True, nogil=True, _nrt=False)
-def _scan(
-    data,
-    offsets,
-    type_bytes,
-    type_offsets,
-    peer_required,
-    bounds,
-    field_bytes,
-    field_offsets,
-    field_kind,
-    chat_bytes,
-    chat_offsets,
-    accepted,
-    type_out,
-    ts_out,
-    created_out,
-    members_out,
-    booleans_out,
-    group_out,
-    spans_out,
-    text_plain_out,
-    ids_out,
-    unescaped,
-    cursor,
-):
+def _scan(data, offsets, limits, out, cursor):
     for row in range(offsets.shape[0] - 1):
-        accepted[row] = _scan_one(
-            data,
-            offsets[row],
-            offsets[row + 1],
-            row,
-            type_bytes,
-            type_offsets,
-            peer_required,
-            bounds,
-            field_bytes,
-            field_offsets,
-            field_kind,
-            chat_bytes,
-            chat_offsets,
-            type_out,
-            ts_out,
-            created_out,
-            members_out,
-            booleans_out,
-            group_out,
-            spans_out,
-            text_plain_out,
-            ids_out,
-            unescaped,
-            cursor,
+        out.accepted[row] = _scan_one(
+            data, offsets[row], offsets[row + 1], row, limits, out, cursor
         )
