@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from detector import kafka_fetch
 from detector.config import Settings
 from detector.content import ContentClusters
 from detector.events import decode_batch
@@ -480,6 +481,7 @@ def warm_up() -> float:
     """Compile (or load from cache) every Numba kernel; returns the seconds it took."""
     started = time.perf_counter()
     account_kernels.warm_up()
+    kafka_fetch.warm_up()
     ContentClusters(capacity=1024).warm_up()
     # The decoder's scan (plain and escaped text) and the content path of decoded texts.
     sample = decode_batch(

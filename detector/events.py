@@ -8,6 +8,7 @@ and a reason code. Decoding never raises on bad input.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, overload
@@ -156,6 +157,71 @@ class StringColumn(Sequence[str | None]):
         return StringColumn(self.data, self.starts[index], self.stops[index], self.plain[index])
 
 
+class PackedRecords(Sequence[bytes]):
+    """Raw records back to back in one buffer: record i is ``data[bounds[i]:bounds[i + 1]]``, with
+    its source offset ``offsets[i]`` (a Kafka offset; a row number for files). What the Kafka source
+    hands the pipeline: :func:`decode_batch` scans ``data`` as it is, with no join and no ``bytes``
+    object per record."""
+
+    __slots__ = ("bounds", "data", "offsets")
+
+    def __init__(self, data: np.ndarray, bounds: np.ndarray, offsets: np.ndarray) -> None:
+        self.data, self.bounds, self.offsets = data, bounds, offsets
+
+    @classmethod
+    def from_values(cls, values: Sequence[bytes], offsets: Sequence[int]) -> PackedRecords:
+        bounds = np.zeros(len(values) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=bounds[1:])
+        data = np.frombuffer(b"".join(values), dtype=np.uint8)
+        return cls(data, bounds, np.asarray(offsets, dtype=np.int64))
+
+    @classmethod
+    def concat(cls, parts: Sequence[PackedRecords]) -> PackedRecords:
+        if len(parts) == 1:
+            return parts[0]
+        starts = np.cumsum([0] + [p.data.size for p in parts[:-1]])
+        bounds = np.concatenate(
+            [parts[0].bounds[:1]] + [p.bounds[1:] + s for p, s in zip(parts, starts, strict=True)]
+        )
+        data = np.concatenate([p.data for p in parts])
+        return cls(data, bounds, np.concatenate([p.offsets for p in parts]))
+
+    def __len__(self) -> int:
+        return self.offsets.shape[0]
+
+    @overload
+    def __getitem__(self, row: int) -> bytes: ...
+    @overload
+    def __getitem__(self, row: slice) -> PackedRecords: ...
+    def __getitem__(self, row: int | slice) -> bytes | PackedRecords:
+        if isinstance(row, slice):
+            start, stop, step = row.indices(len(self))
+            if step != 1:
+                raise ValueError("PackedRecords slices must be contiguous")
+            stop = max(start, stop)
+            first, last = int(self.bounds[start]), int(self.bounds[stop])
+            return PackedRecords(
+                self.data[first:last],
+                self.bounds[start : stop + 1] - first,
+                self.offsets[start:stop],
+            )
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"record {row} of {len(self)}")
+        row %= len(self)
+        return self.data[int(self.bounds[row]) : int(self.bounds[row + 1])].tobytes()
+
+    def runs(self) -> list[PackedRecords]:
+        """Maximal slices of consecutive offsets (offsets have gaps after transaction markers,
+        aborted records and compaction)."""
+        breaks = (np.flatnonzero(np.diff(self.offsets) != 1) + 1).tolist()
+        edges = [0, *breaks, len(self)]
+        return [self[a:b] for a, b in itertools.pairwise(edges) if b > a]
+
+    def __repr__(self) -> str:
+        first = int(self.offsets[0]) if len(self) else None
+        return f"PackedRecords({len(self)} records, {self.data.size} bytes, first offset {first})"
+
+
 @dataclass(frozen=True, slots=True)
 class EventBatch:
     """Valid events of one batch as columns; see docs/architecture.md for the fields."""
@@ -220,15 +286,19 @@ def decode_batch(records: Sequence[bytes]) -> DecodedBatch:
     through msgspec and the contract checks one by one, which also name the dead letters' reasons.
     """
     n = len(records)
-    try:
-        data = np.frombuffer(b"".join(records), dtype=np.uint8)
-    except TypeError:  # a record that is not bytes-like: the slow path names it
-        data = np.empty(0, dtype=np.uint8)
-        scanned = jsonscan.new_scanned(n)
+    if isinstance(records, PackedRecords):
+        data = records.data
+        scanned = jsonscan.scan_records(data, records.bounds, _SCAN_LIMITS)
     else:
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, records), dtype=np.int64, count=n), out=offsets[1:])
-        scanned = jsonscan.scan_records(data, offsets, _SCAN_LIMITS)
+        try:
+            data = np.frombuffer(b"".join(records), dtype=np.uint8)
+        except TypeError:  # a record that is not bytes-like: the slow path names it
+            data = np.empty(0, dtype=np.uint8)
+            scanned = jsonscan.new_scanned(n)
+        else:
+            bounds = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(np.fromiter(map(len, records), dtype=np.int64, count=n), out=bounds[1:])
+            scanned = jsonscan.scan_records(data, bounds, _SCAN_LIMITS)
 
     slow_rows: list[int] = []
     slow_events: list[RawEvent] = []

@@ -10,18 +10,22 @@ import asyncio
 import contextlib
 import gzip
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
+from detector import kafka_fetch
 from detector.config import Settings
+from detector.events import PackedRecords
 from detector.simulator import SimulatorConfig, SimulatorSource
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,7 @@ class Polled:
     """Raw records of one partition, in order, with the offset that follows the last of them."""
 
     partition: PartitionKey
-    records: list[bytes]
+    records: Sequence[bytes]
     next_offset: int | None = None
     first_offset: int | None = None
 
@@ -133,7 +137,9 @@ class RebalanceHooks(Protocol):
 class RangeReader(Protocol):
     """Raw records of offsets ``[start, end)`` of one partition, in batches, in offset order."""
 
-    def __call__(self, key: PartitionKey, start: int, end: int) -> AsyncIterator[list[bytes]]: ...
+    def __call__(
+        self, key: PartitionKey, start: int, end: int
+    ) -> AsyncIterator[Sequence[bytes]]: ...
 
 
 class TransactionalCommitter(Protocol):
@@ -215,30 +221,30 @@ def _key(tp: TopicPartition) -> PartitionKey:
     return PartitionKey(tp.topic, tp.partition)
 
 
-def contiguous_units(key: PartitionKey, records: list[ConsumerRecord]) -> list[Polled]:
+def contiguous_units(key: PartitionKey, records: PackedRecords) -> list[Polled]:
     """One :class:`Polled` per run of consecutive offsets, so ``first_offset + index`` is exact.
 
     Offsets have gaps after transaction markers, aborted records and compaction.
     """
-    if not records:
-        return []
-    if records[-1].offset - records[0].offset == len(records) - 1:  # offsets ascend: no gap
-        return [_unit(key, records)]
-    units: list[Polled] = []
-    start = 0
-    for i in range(1, len(records) + 1):
-        if i == len(records) or records[i].offset != records[i - 1].offset + 1:
-            units.append(_unit(key, records[start:i]))
-            start = i
-    return units
+    return [
+        Polled(
+            key,
+            run,
+            next_offset=int(run.offsets[-1]) + 1,
+            first_offset=int(run.offsets[0]),
+        )
+        for run in records.runs()
+    ]
 
 
-def _unit(key: PartitionKey, run: list[ConsumerRecord]) -> Polled:
-    return Polled(
-        key,
-        [b"" if r.value is None else r.value for r in run],
-        next_offset=run[-1].offset + 1,
-        first_offset=run[0].offset,
+def packed(items: Sequence[PackedRecords | ConsumerRecord]) -> PackedRecords:
+    """``getmany``'s items of one partition as one :class:`PackedRecords`: columnar chunks, or
+    aiokafka's records where columnar fetches are not installed (a null value reads as empty)."""
+    if all(isinstance(item, PackedRecords) for item in items):
+        return PackedRecords.concat(items)  # type: ignore[arg-type]
+    return PackedRecords.from_values(
+        [b"" if r.value is None else r.value for r in items],  # type: ignore[union-attr]
+        [r.offset for r in items],  # type: ignore[union-attr]
     )
 
 
@@ -298,6 +304,8 @@ class KafkaSource:
         self._last_lag_update = float("-inf")
         self._stopping = False
         self._watchdog: asyncio.Task[None] | None = None
+        # Values straight into columns, without a Python object per record (detector.kafka_fetch)
+        self._value_reader = kafka_fetch.COLUMNAR if kafka_fetch.install() else None
 
     def set_listener(self, hooks: RebalanceHooks) -> None:
         self._hooks = hooks
@@ -366,6 +374,7 @@ class KafkaSource:
         while True:
             consumer = AIOKafkaConsumer(
                 group_id=self.settings.group,
+                value_deserializer=self._value_reader,
                 # Static membership: a restart within the session timeout gets its partitions back
                 # with no rebalance, but a stop does not leave the group (see docs/kafka.md).
                 group_instance_id=self.settings.group_instance_id,
@@ -403,32 +412,32 @@ class KafkaSource:
             )
             return consumer
 
-    async def _fetch(
-        self, consumer: AIOKafkaConsumer
-    ) -> dict[TopicPartition, list[ConsumerRecord]]:
-        """Up to ``batch_size`` records, waiting at most ``batch_max_wait_ms`` to fill the batch."""
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, PackedRecords]:
+        """About ``batch_size`` records (up to one columnar chunk more), waiting at most
+        ``batch_max_wait_ms`` to fill the batch."""
         deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000
-        merged: dict[TopicPartition, list[ConsumerRecord]] = {}
+        merged: dict[TopicPartition, list[PackedRecords | ConsumerRecord]] = {}
         total = 0
+        # getmany's max_records counts its items: columnar chunks, or records
+        per_item = kafka_fetch.CHUNK_RECORDS if self._value_reader is not None else 1
         while total < self.settings.batch_size:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 break
-            got = await consumer.getmany(
-                timeout_ms=remaining_ms, max_records=self.settings.batch_size - total
-            )
+            wanted = math.ceil((self.settings.batch_size - total) / per_item)
+            got = await consumer.getmany(timeout_ms=remaining_ms, max_records=wanted)
             if not got:
                 break
-            for tp, records in got.items():
-                merged.setdefault(tp, []).extend(records)
-                total += len(records)
-        return merged
+            for tp, items in got.items():
+                merged.setdefault(tp, []).extend(items)
+                total += sum(len(item) for item in items) if per_item > 1 else len(items)
+        return {tp: packed(items) for tp, items in merged.items()}
 
-    def _units(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> list[Polled]:
+    def _units(self, batch: dict[TopicPartition, PackedRecords]) -> list[Polled]:
         units: list[Polled] = []
         for tp, records in batch.items():
             # Records of partitions not restored yet are dropped; the restore seeks them again.
-            if records and tp in self._owned:
+            if len(records) and tp in self._owned:
                 units.extend(contiguous_units(_key(tp), records))
         return units
 
@@ -637,7 +646,7 @@ class KafkaSource:
 
     async def read_range(
         self, key: PartitionKey, start: int, end: int
-    ) -> AsyncIterator[list[bytes]]:
+    ) -> AsyncIterator[Sequence[bytes]]:
         """Raw records of offsets ``[start, end)`` of one partition, with a group-less consumer
         (the group's own consumer must not fetch while a rebalance is in progress)."""
         backoff = Backoff()
@@ -646,6 +655,7 @@ class KafkaSource:
             options["client_id"] = f"{self.settings.client_id}-replay"
             reader = AIOKafkaConsumer(
                 group_id=None,
+                value_deserializer=self._value_reader,
                 enable_auto_commit=False,
                 isolation_level="read_committed",
                 max_poll_records=self.settings.batch_size,
@@ -675,12 +685,12 @@ class KafkaSource:
             reader.seek(tp, start)
             position = start
             while position < end:
-                batch = await reader.getmany(tp, timeout_ms=1000)
-                values = [
-                    b"" if r.value is None else r.value for r in batch.get(tp, []) if r.offset < end
-                ]
-                if values:
-                    yield values
+                items = (await reader.getmany(tp, timeout_ms=1000)).get(tp)
+                if items:
+                    records = packed(items)
+                    records = records[: int(np.searchsorted(records.offsets, end))]
+                    if len(records):
+                        yield records
                 position = await reader.position(tp)
         finally:
             await reader.stop()

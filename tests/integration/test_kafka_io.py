@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord
 
 from detector.app import build_app
 from detector.config import Settings
-from detector.events import DeadLetter, DeadLetterReason
+from detector.events import DeadLetter, DeadLetterReason, PackedRecords
 from detector.metrics import Metrics
 from detector.policy import load_policy
 from detector.simulator import SimulatorConfig
@@ -31,26 +30,16 @@ from detector.sources import KafkaSource, PartitionKey, contiguous_units, kafka_
 from .service_helpers import EVENT_PARTITIONS, committed_offsets, end_offsets, read_topic
 
 
-def _record(partition: int, offset: int, value: bytes | None) -> ConsumerRecord:
-    return ConsumerRecord(
-        topic="events",
-        partition=partition,
-        offset=offset,
-        timestamp=1_000 + offset,
-        timestamp_type=0,
-        key=None,
-        value=value,
-        checksum=None,
-        serialized_key_size=0,
-        serialized_value_size=0,
-        headers=(),
+def _packed(offsets: list[int], value: Any = None) -> PackedRecords:
+    return PackedRecords.from_values(
+        [value if value is not None else f"v{o}".encode() for o in offsets], offsets
     )
 
 
 def test_units_split_at_offset_gaps_so_first_offset_plus_index_is_exact():
     key = PartitionKey("events", 2)
     offsets = [5, 6, 7, 9, 10, 14]  # gaps after transaction markers or compaction
-    units = contiguous_units(key, [_record(2, o, f"v{o}".encode()) for o in offsets])
+    units = contiguous_units(key, _packed(offsets))
     assert [(u.first_offset, u.next_offset, len(u.records)) for u in units] == [
         (5, 8, 3),
         (9, 11, 2),
@@ -60,13 +49,9 @@ def test_units_split_at_offset_gaps_so_first_offset_plus_index_is_exact():
         assert unit.first_offset is not None
         for index, raw in enumerate(unit.records):
             assert raw == f"v{unit.first_offset + index}".encode()
-    (whole,) = contiguous_units(key, [_record(2, o, b"x") for o in range(20, 25)])
+    (whole,) = contiguous_units(key, _packed(list(range(20, 25)), b"x"))
     assert (whole.first_offset, whole.next_offset, len(whole.records)) == (20, 25, 5)
-
-
-def test_a_tombstone_becomes_empty_bytes_for_the_decoder():
-    (unit,) = contiguous_units(PartitionKey("events", 0), [_record(0, 3, None)])
-    assert unit.records == [b""]
+    assert contiguous_units(key, _packed([])) == []
 
 
 def test_dead_letter_record_keeps_the_bytes_and_says_why_and_where():
