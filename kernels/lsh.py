@@ -10,7 +10,9 @@ Clusters (``assign_clusters``, one message at a time in batch order):
 - A fixed-capacity, 8-way set-associative table maps band keys to cluster ids. A message joins the
   live cluster most of its band keys point to (ties: the oldest id); with none, it founds a new
   cluster. Its band keys are then stored for that cluster (keys held by another live cluster are
-  left alone), so lightly mutated copies of any member join too.
+  left alone), so lightly mutated copies of any member join too. A new key in a full set replaces
+  the least recently seen one: a band eviction (``band_evictions``) when that key was seen
+  within the TTL.
 - Merges: mutants of one template can found two clusters before any text links them. A message
   that also gives another cluster at least ``merge_min_votes`` band votes is near both, so that
   cluster is merged into the one it joins: its window counts are added, and it becomes an alias
@@ -42,10 +44,15 @@ from .hashtable import mix64, prefetch
 
 WAYS = 8  # entries per set in the band and pair tables: one 64-byte cache line of keys
 # A message's band lookups, and then the clusters they name, are random accesses into tables far
-# larger than the caches: the band sets of the message PREFETCH_BANDS positions ahead are
-# prefetched, and the cluster rows of the one PREFETCH_CLUSTERS ahead (its band sets now cached).
+# larger than the caches, so a message's reads are prefetched in three stages, each reading only
+# lines the stage before fetched: the band sets (all three lines) of the message PREFETCH_BANDS
+# positions ahead; the clusters its keys name, and the likely one's counts and pair sets, of the
+# one PREFETCH_CLUSTERS ahead; that cluster's LRU neighbours, its sender pair's copies and the
+# clusters of the pairs it would evict, of the one PREFETCH_NEIGHBOURS ahead.
 PREFETCH_BANDS = 8
 PREFETCH_CLUSTERS = 4
+PREFETCH_NEIGHBOURS = 2  # < PREFETCH_CLUSTERS: reads the likely cluster the stage before found
+PAGE_BYTES = 4096  # state arrays start on a page, so rows and sets of 64 bytes fill whole lines
 
 # counts[slot, STAT, bucket]
 STAT_MESSAGES = 0
@@ -190,7 +197,8 @@ PAIR_LAST_BUCKET = 2
 class ClusterState(NamedTuple):
     """Everything ``assign_clusters`` keeps, as fixed-capacity numpy arrays. Few, wide arrays: the
     fields a step needs share cache lines, and each array handed to a helper costs a reference
-    count update per call."""
+    count update per call. Arrays start on a page boundary (``new_cluster_state``), so a cluster
+    row or one field of a band or pair set is exactly one cache line."""
 
     meta: np.ndarray  # int64[META_SIZE]
     clusters: np.ndarray  # int64[C, CL_FIELDS]
@@ -255,28 +263,44 @@ def new_cluster_state(
     meta[META_LRU_LAST] = -1
     meta[META_BUCKET_MS] = window_ms // n_buckets
     meta[META_TTL_MS] = ttl_ms
-    # np.full writes every page now: np.zeros would defer the page faults to the first messages.
-    clusters = np.full((capacity, CL_FIELDS), 0, dtype=np.int64)
+    clusters = _aligned_full((capacity, CL_FIELDS), 0, np.int64)
     clusters[:, CL_ID] = -1
     clusters[:, CL_LRU_PREV] = -1
     clusters[:, CL_LRU_NEXT] = -1
     clusters[:, CL_MERGED_INTO] = -1
-    senders = np.full((pair_capacity // WAYS, 3, WAYS), 0, dtype=np.int64)
+    senders = _aligned_full((pair_capacity // WAYS, 3, WAYS), 0, np.int64)
     senders[:, PAIR_CLUSTER, :] = -1
-    recipients = senders.copy()
-    bands = np.full((band_capacity // WAYS, 3, WAYS), 0, dtype=np.int64)
+    recipients = _aligned_full(senders.shape, 0, np.int64)
+    recipients[...] = senders
+    bands = _aligned_full((band_capacity // WAYS, 3, WAYS), 0, np.int64)
     bands[:, BAND_CLUSTER, :] = -1
+    free_slots = _aligned_full((capacity,), 0, np.int64)
+    free_slots[:] = np.arange(capacity - 1, -1, -1)  # pops slot 0 first
     return ClusterState(
         meta=meta,
         clusters=clusters,
-        counts=np.full((capacity, N_STATS, n_buckets), 0, dtype=np.uint32),
-        free_slots=np.arange(capacity - 1, -1, -1, dtype=np.int64),  # pops slot 0 first
+        counts=_aligned_full((capacity, N_STATS, n_buckets), 0, np.uint32),
+        free_slots=free_slots,
         bands=bands,
         senders=senders,
-        sender_copies=np.full((pair_capacity, n_buckets), 0, dtype=np.uint32),
+        sender_copies=_aligned_full((pair_capacity, n_buckets), 0, np.uint32),
         recipients=recipients,
-        exemplar=np.full((capacity, exemplar_bytes), 0, dtype=np.uint8),
+        exemplar=_aligned_full((capacity, exemplar_bytes), 0, np.uint8),
     )
+
+
+def _aligned_full(shape: tuple[int, ...], fill_value: int, dtype) -> np.ndarray:
+    """``np.full(shape, fill_value, dtype)`` starting on a page boundary. numpy's large arrays
+    start 16 bytes past one (the allocator's header), so every 64-byte cluster row and band or
+    pair line would straddle two cache lines: two misses per random access instead of one.
+    Filling writes every page now (no page faults during the first messages)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + PAGE_BYTES, dtype=np.uint8)
+    offset = -raw.ctypes.data % PAGE_BYTES
+    out = raw[offset : offset + nbytes].view(dtype).reshape(shape)
+    out.fill(fill_value)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,9 +483,9 @@ def _merge(meta, clusters, counts, loser, winner):
 @njit(cache=True, nogil=True)
 def _store_bands(meta, bands, clusters, now_ms, ttl_ms, keys, m, cid, ts_ms):
     """Point message m's band keys at root cluster cid. A key held by another live root is left
-    alone (one held by a cluster merged into cid is re-pointed at cid); a new key takes the first empty way of its set, else the least recently seen way (an
-    eviction if that key's cluster is alive; checking every way for liveness would cost a cache
-    miss per way)."""
+    alone (one held by a cluster merged into cid is re-pointed at cid); a new key takes the first
+    empty way of its set, else the least recently seen way, counted as a band eviction if that
+    key was seen within the TTL (its cluster's liveness would cost a cache miss per eviction)."""
     set_mask = np.uint64(bands.shape[0] - 1)
     for band in range(keys.shape[1]):
         key = keys[m, band]
@@ -486,7 +510,7 @@ def _store_bands(meta, bands, clusters, now_ms, ttl_ms, keys, m, cid, ts_ms):
             for w in range(1, WAYS):
                 if bands[st, BAND_SEEN_MS, w] < bands[st, BAND_SEEN_MS, victim]:
                     victim = w
-            if _alive(clusters, now_ms, ttl_ms, bands[st, BAND_CLUSTER, victim]) >= 0:
+            if now_ms - bands[st, BAND_SEEN_MS, victim] <= ttl_ms:
                 meta[META_BAND_EVICTIONS] += 1
         bands[st, BAND_KEY, victim] = _as_bits(key)
         bands[st, BAND_CLUSTER, victim] = cid
@@ -606,13 +630,14 @@ def _new_cluster(
     return slot, cid
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _prefetch_cluster(
-    bands, clusters, counts, senders, recipients, keys, m, account, peer, set_mask
-):
-    """Prefetch what message m will most likely touch: the cluster its first known band key names
-    (its row and window counts) and that cluster's sender and recipient pair sets."""
+@njit(cache=True, nogil=True)
+def _prefetch_clusters_of(bands, clusters, counts, senders, recipients, keys, m, account, peer):
+    """Prefetch the row of every cluster message m's band keys name (``_vote`` reads them all).
+    The cluster of the first key found is the likely one the message joins: its window counts and
+    its sender and recipient pair sets too. Returns that cluster's id, or -1."""
     capacity = clusters.shape[0]
+    set_mask = np.uint64(bands.shape[0] - 1)
+    likely = np.int64(-1)
     for band in range(keys.shape[1]):
         key = keys[m, band]
         st = np.int64(key & set_mask)
@@ -620,16 +645,77 @@ def _prefetch_cluster(
         if way < 0:
             continue
         cid = bands[st, BAND_CLUSTER, way]
-        slot = cid % capacity
-        prefetch(clusters, slot, 0)
+        prefetch(clusters, cid % capacity, 0)
+        if likely < 0:
+            likely = cid
+    if likely >= 0:
         for stat in range(N_STATS):
-            prefetch(counts, slot, stat)
-        prefetch(senders, _pair_set(cid, account, senders.shape[0]), PAIR_CLUSTER)
-        prefetch(senders, _pair_set(cid, account, senders.shape[0]), PAIR_OTHER)
-        if peer != 0:
-            prefetch(recipients, _pair_set(cid, peer, recipients.shape[0]), PAIR_CLUSTER)
-            prefetch(recipients, _pair_set(cid, peer, recipients.shape[0]), PAIR_OTHER)
-        return
+            prefetch(counts, likely % capacity, stat)
+        _prefetch_pair_sets(senders, recipients, likely, account, peer)
+    return likely
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pair_victim(pairs, pair_set, cid, other):
+    """The way of pair (cid, other) in its set, else the way a new pair would take."""
+    for w in range(WAYS):
+        if pairs[pair_set, PAIR_CLUSTER, w] == cid and pairs[pair_set, PAIR_OTHER, w] == _as_bits(
+            other
+        ):
+            return w
+    for w in range(WAYS):
+        if pairs[pair_set, PAIR_CLUSTER, w] < 0:
+            return w
+    victim = 0
+    for w in range(1, WAYS):
+        if pairs[pair_set, PAIR_LAST_BUCKET, w] < pairs[pair_set, PAIR_LAST_BUCKET, victim]:
+            victim = w
+    return victim
+
+
+@njit(cache=True, nogil=True)
+def _prefetch_neighbours(clusters, counts, senders, sender_copies, recipients, cid, account, peer):
+    """Second prefetch stage for a message likely to join cluster cid (whose row and pair sets
+    are cached by now): its LRU neighbours (moving it to the LRU end relinks them), the cluster
+    it was merged into, the copies of its sender pair, and the clusters of the pairs it would
+    evict (their distinct counts drop)."""
+    capacity = clusters.shape[0]
+    slot = cid % capacity
+    for field in (CL_LRU_PREV, CL_LRU_NEXT):
+        neighbour = clusters[slot, field]
+        if neighbour >= 0:
+            prefetch(clusters, neighbour, 0)
+    if clusters[slot, CL_MERGED_INTO] >= 0:
+        prefetch(clusters, clusters[slot, CL_MERGED_INTO] % capacity, 0)
+    pair_set = _pair_set(cid, account, senders.shape[0])
+    way = _pair_victim(senders, pair_set, cid, account)
+    prefetch(sender_copies, pair_set * WAYS + way, 0)
+    owner = senders[pair_set, PAIR_CLUSTER, way]
+    if owner >= 0 and owner != cid:
+        _prefetch_cluster_row(clusters, counts, owner % capacity)
+    if peer != 0:
+        pair_set = _pair_set(cid, peer, recipients.shape[0])
+        owner = recipients[pair_set, PAIR_CLUSTER, _pair_victim(recipients, pair_set, cid, peer)]
+        if owner >= 0 and owner != cid:
+            _prefetch_cluster_row(clusters, counts, owner % capacity)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_cluster_row(clusters, counts, slot):
+    prefetch(clusters, slot, 0)
+    for stat in range(N_STATS):
+        prefetch(counts, slot, stat)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_pair_sets(senders, recipients, cid, account, peer):
+    pair_set = _pair_set(cid, account, senders.shape[0])
+    for field in range(3):
+        prefetch(senders, pair_set, field)
+    if peer != 0:
+        pair_set = _pair_set(cid, peer, recipients.shape[0])
+        for field in range(3):
+            prefetch(recipients, pair_set, field)
 
 
 @njit(cache=True, nogil=True)
@@ -665,17 +751,27 @@ def _assign_clusters(
     no_copies = np.zeros((0, 0), dtype=np.uint32)
     totals = np.zeros(N_STATS, dtype=np.uint32)
     set_mask = np.uint64(bands.shape[0] - 1)
+    likely = np.full(PREFETCH_CLUSTERS, -1, dtype=np.int64)  # ring: likely cluster of m + k
     for m in range(ts_ms.shape[0]):
+        predicted = likely[m % PREFETCH_CLUSTERS]
         ahead = m + PREFETCH_BANDS
         if ahead < ts_ms.shape[0] and has_keys[ahead]:
             for band in range(keys.shape[1]):
                 st = np.int64(keys[ahead, band] & set_mask)
                 prefetch(bands, st, BAND_KEY)
                 prefetch(bands, st, BAND_CLUSTER)
+                prefetch(bands, st, BAND_SEEN_MS)  # read when storing the keys
         ahead = m + PREFETCH_CLUSTERS
+        likely[ahead % PREFETCH_CLUSTERS] = -1
         if ahead < ts_ms.shape[0] and has_keys[ahead]:
-            _prefetch_cluster(bands, clusters, counts, senders, recipients, keys, ahead,
-                              account[ahead], peer[ahead], set_mask)  # fmt: skip
+            likely[ahead % PREFETCH_CLUSTERS] = _prefetch_clusters_of(
+                bands, clusters, counts, senders, recipients, keys, ahead, account[ahead],
+                peer[ahead],
+            )  # fmt: skip
+        ahead = m + PREFETCH_NEIGHBOURS
+        if ahead < ts_ms.shape[0] and likely[ahead % PREFETCH_CLUSTERS] >= 0:
+            _prefetch_neighbours(clusters, counts, senders, sender_copies, recipients,
+                                 likely[ahead % PREFETCH_CLUSTERS], account[ahead], peer[ahead])  # fmt: skip
         if not has_keys[m]:
             out.cluster_id[m] = -1
             out.cluster_msgs[m] = 0
@@ -690,8 +786,11 @@ def _assign_clusters(
         if ts > meta[META_NOW_MS]:
             meta[META_NOW_MS] = ts
         now_ms = meta[META_NOW_MS]
-        if now_ms - clusters[max(meta[META_LRU_FIRST], 0), CL_LAST_SEEN_MS] > ttl_ms:
+        oldest = max(meta[META_LRU_FIRST], 0)
+        if now_ms - clusters[oldest, CL_LAST_SEEN_MS] > ttl_ms:
             _expire_idle(meta, clusters, free_slots)
+        elif clusters[oldest, CL_LRU_NEXT] >= 0:  # releasing the oldest one relinks this one
+            prefetch(clusters, clusters[oldest, CL_LRU_NEXT], 0)
         bucket = ts // bucket_ms
         n_votes = _vote(bands, clusters, now_ms, ttl_ms, keys, m, votes_cid, votes_n)
         if n_votes > 0:
@@ -720,6 +819,9 @@ def _assign_clusters(
                 raw_stops[m],
                 exemplar_chars,
             )
+        if cid != predicted:  # a new cluster, or not the one prefetched: fetch what it needs
+            _prefetch_pair_sets(senders, recipients, cid, account[m], peer[m])
+            _prefetch_cluster_row(clusters, counts, slot)  # overlaps with storing the keys
         _store_bands(meta, bands, clusters, now_ms, ttl_ms, keys, m, cid, ts)
         _advance(clusters, counts, slot, bucket)
         head = clusters[slot, CL_HEAD_BUCKET]

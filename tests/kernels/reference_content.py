@@ -320,7 +320,7 @@ class RefClusters:
             entries.append([key, cid, ts_ms])
             return
         victim = min(range(self.ways), key=lambda i: (entries[i][2], i))
-        if self.alive(entries[victim][1]) is not None:
+        if self.now_ms - entries[victim][2] <= self.ttl_ms:  # seen within the TTL
             self.band_evictions += 1
         entries[victim] = [key, cid, ts_ms]
 

@@ -391,6 +391,17 @@ def test_assign_validation():
             lsh.assign_clusters(state, **{**good, name: bad})
 
 
+def test_state_arrays_start_on_a_page():
+    """A cluster row and one field of a band or pair set are one cache line each, not two."""
+    state = _state(capacity=1000, band_capacity=8 * 64, pair_capacity=8 * 64, exemplar_bytes=7)
+    for name, arr in state._asdict().items():
+        assert arr.flags.c_contiguous, name
+        if name != "meta":
+            assert arr.ctypes.data % lsh.PAGE_BYTES == 0, name
+    assert (state.clusters[:, lsh.CL_ID] == -1).all() and (state.bands[:, lsh.BAND_KEY] == 0).all()
+    assert state.free_slots.tolist() == list(range(999, -1, -1))
+
+
 def test_new_state_validation():
     with pytest.raises(ValueError):
         _state(band_capacity=24)
