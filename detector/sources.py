@@ -306,6 +306,7 @@ class KafkaSource:
         self._watchdog: asyncio.Task[None] | None = None
         # Values straight into columns, without a Python object per record (detector.kafka_fetch)
         self._value_reader = kafka_fetch.COLUMNAR if kafka_fetch.install() else None
+        self._carried: dict[TopicPartition, PackedRecords] = {}  # fetched past the last batch
 
     def set_listener(self, hooks: RebalanceHooks) -> None:
         self._hooks = hooks
@@ -413,11 +414,13 @@ class KafkaSource:
             return consumer
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, PackedRecords]:
-        """About ``batch_size`` records (up to one columnar chunk more), waiting at most
-        ``batch_max_wait_ms`` to fill the batch."""
+        """Up to ``batch_size`` records, waiting at most ``batch_max_wait_ms`` to fill the batch."""
         deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000
-        merged: dict[TopicPartition, list[PackedRecords | ConsumerRecord]] = {}
-        total = 0
+        merged: dict[TopicPartition, list[PackedRecords | ConsumerRecord]] = {
+            tp: [records] for tp, records in self._carried.items()
+        }
+        total = sum(len(records) for records in self._carried.values())
+        self._carried = {}
         # getmany's max_records counts its items: columnar chunks, or records
         per_item = kafka_fetch.CHUNK_RECORDS if self._value_reader is not None else 1
         while total < self.settings.batch_size:
@@ -431,7 +434,24 @@ class KafkaSource:
             for tp, items in got.items():
                 merged.setdefault(tp, []).extend(items)
                 total += sum(len(item) for item in items) if per_item > 1 else len(items)
-        return {tp: packed(items) for tp, items in merged.items()}
+        return self._cut({tp: packed(items) for tp, items in merged.items()}, total)
+
+    def _cut(
+        self, batch: dict[TopicPartition, PackedRecords], total: int
+    ) -> dict[TopicPartition, PackedRecords]:
+        """The batch without what exceeds ``batch_size`` (columnar items hold up to a chunk of
+        records each): that is carried over to the next batch. Nothing of it is committed, so a
+        carry that a revoke or restore drops is read again by the partition's next reader."""
+        excess = total - self.settings.batch_size
+        for tp in reversed(list(batch)):
+            if excess <= 0:
+                break
+            records = batch[tp]
+            keep = max(len(records) - excess, 0)
+            self._carried[tp] = records[keep:]
+            batch[tp] = records[:keep]
+            excess -= len(records) - keep
+        return batch
 
     def _units(self, batch: dict[TopicPartition, PackedRecords]) -> list[Polled]:
         units: list[Polled] = []
@@ -466,7 +486,8 @@ class KafkaSource:
                 position = await asyncio.wait_for(consumer.position(tp), timeout=0.05)
             except (TimeoutError, KafkaError):  # reset pending, or revoked meanwhile
                 continue
-            lag[tp] = max(highwater - position, 0)
+            # Records carried over to the next batch are past the position but not handed out yet.
+            lag[tp] = max(highwater - position, 0) + len(self._carried.get(tp, ()))
         # A partition revoked during the awaits above has had its series removed: setting it again
         # would export a stale series for good. No await between this filter and set_lag.
         owned_lag = {tp: n for tp, n in lag.items() if tp in self._owned}
@@ -606,6 +627,8 @@ class KafkaSource:
                 for key in keys:
                     self._handed_out.pop(key, None)
                     self._settled.pop(key, None)
+                for tp in revoked:
+                    self._carried.pop(tp, None)
                 self._owned -= set(revoked)
                 # Lag is exported for owned partitions only: series stay bounded by the assignment.
                 self.metrics.forget_partitions((k.topic, k.partition) for k in keys)
@@ -630,6 +653,7 @@ class KafkaSource:
             if self._hooks is not None:
                 resume = await self._hooks.partitions_assigned(keys, committed, self.read_range)
             for key in keys:
+                self._carried.pop(_tp(key), None)  # the seek below is where it resumes
                 offset = resume.get(key, committed[key])
                 if offset is not None:
                     consumer.seek(_tp(key), offset)

@@ -38,8 +38,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detector.content import ContentClusters
 from detector.pipeline import Pipeline
-from detector.policy import BanSignal, Policy, default_policy_path
-from detector.simulator import SimulatorConfig
+from detector.policy import BanSignal, Policy, default_policy_path, load_policy
+from detector.simulator import SimulatorConfig, event_counts
+from detector.sinks import produce_simulation
 from detector.state import PartitionState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,6 +162,60 @@ async def wait_committed_at_least(
             assert service.alive(), f"{service.name} exited:\n{service.log_tail()}"
         assert time.monotonic() < deadline, f"only {committed} committed"
         await asyncio.sleep(0.1)
+
+
+@dataclass
+class MidStream:
+    """A service consuming simulator traffic that is still being produced."""
+
+    topics: Topics
+    service: Service
+    policy: Path  # the account policy the service runs (signals exact per partition)
+    total: int  # records the traffic task produces in all
+    traffic: asyncio.Task[int]  # returns the records it produced
+
+
+async def start_mid_stream(
+    create_topic: Any,
+    services: Any,
+    bootstrap: str,
+    topic_name: str,
+    tmp_path: Path,
+    *,
+    name: str,
+    seed: int,
+    produce_s: float = 8.0,
+    committed_share: float = 1 / 3,
+    extra_args: tuple[str, ...] = (),
+) -> MidStream:
+    """Fresh topics and a service (account policy, batches of 500) that has committed
+    ``committed_share`` of 3,000 accounts' traffic, produced over about ``produce_s`` seconds."""
+    topics = await make_topics(create_topic, bootstrap, topic_name)
+    config = SimulatorConfig(accounts=3000, minutes=20, seed=seed)
+    total = sum(event_counts(config).values())
+    policy = account_policy(tmp_path)
+    service = services(
+        name,
+        bootstrap,
+        topics,
+        f"{topic_name}-group",
+        extra_args=("--policy", str(policy), "--batch-size", "500", *extra_args),
+    )
+    service.start()
+    await service.wait_ready()
+    traffic = asyncio.create_task(
+        produce_simulation(bootstrap, topics.events, config, rate_per_s=total / produce_s)
+    )
+    await wait_committed_at_least(
+        bootstrap, service.group, topics.events, int(total * committed_share), services=[service]
+    )
+    return MidStream(topics, service, policy, total, traffic)
+
+
+async def expected_signal_ids(bootstrap: str, topics: Topics, policy: Path) -> set[str]:
+    """``signal_id``s of :func:`reference_signals` over everything in the events topic."""
+    events = await read_topic(bootstrap, topics.events, EVENT_PARTITIONS)
+    return {s.signal_id for s in reference_signals(events, load_policy(policy))}
 
 
 async def produce_bad_records(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, str]]:

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from detector.policy import BanSignal, load_policy
-from detector.simulator import SimulatorConfig, event_counts, labels
+from detector.simulator import event_counts, labels
 from detector.sinks import produce_simulation
 
 from .service_helpers import (
@@ -31,6 +31,7 @@ from .service_helpers import (
     broker_process,
     committed_offsets,
     detected_accounts,
+    expected_signal_ids,
     log_partitions,
     make_topics,
     metric,
@@ -40,6 +41,7 @@ from .service_helpers import (
     reference_signals,
     resume_offsets,
     snapshot_restores,
+    start_mid_stream,
     stream_signals,
     trigger_offsets,
     wait_caught_up,
@@ -149,41 +151,30 @@ async def test_sigkill_mid_stream_loses_nothing_and_duplicates_only_the_uncommit
     kafka_broker, create_topic, topic_name, services, tmp_path, exactly_once
 ):
     bootstrap = kafka_broker.bootstrap
-    topics = await make_topics(create_topic, bootstrap, topic_name)
-    config = SimulatorConfig(accounts=3000, minutes=20, seed=5)
-    total = sum(event_counts(config).values())
-    mode = ("--exactly-once",) if exactly_once else ()
-    service = services(
-        "victim",
+    run = await start_mid_stream(
+        create_topic,
+        services,
         bootstrap,
-        topics,
-        f"{topic_name}-group",
-        extra_args=("--policy", str(account_policy(tmp_path)), "--batch-size", "500", *mode),
+        topic_name,
+        tmp_path,
+        name="victim",
+        seed=5,
+        extra_args=("--exactly-once",) if exactly_once else (),
     )
-    service.start()
-    await service.wait_ready()
-    traffic = asyncio.create_task(
-        produce_simulation(bootstrap, topics.events, config, rate_per_s=total / 8)
-    )
-    await wait_committed_at_least(
-        bootstrap, service.group, topics.events, total // 3, services=[service]
-    )
+    topics, service, total = run.topics, run.service, run.total
     service.kill()  # SIGKILL: no flush, no commit, no snapshot, an open transaction left behind
     committed_at_kill = await committed_offsets(bootstrap, service.group, topics.events)
     assert sum(committed_at_kill.values()) < total, "killed too late to be mid-stream"
 
     service.start()
-    assert await traffic == total
+    assert await run.traffic == total
     await wait_caught_up(bootstrap, service.group, topics.events, services=[service])
     # The restart resumed every partition exactly where the group had committed.
     assert resume_offsets(service.log_text(), topics.events, 2) == {
         p: committed_at_kill[p] for p in range(EVENT_PARTITIONS) if p in committed_at_kill
     }
 
-    events = await read_topic(bootstrap, topics.events, EVENT_PARTITIONS)
-    expected = {
-        s.signal_id for s in reference_signals(events, load_policy(account_policy(tmp_path)))
-    }
+    expected = await expected_signal_ids(bootstrap, topics, run.policy)
     got = parse_signals(await read_topic(bootstrap, topics.signals, 2, read_committed=exactly_once))
     ids = collections.Counter(s["signal_id"] for s in got)
     assert set(ids) == expected  # no detection lost, none invented
@@ -193,7 +184,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_duplicates_only_the_uncommit
     else:
         # At-least-once: only signals of records past the offsets committed at the kill (re-read
         # after the restart) may appear twice.
-        triggers = trigger_offsets(events)
+        triggers = trigger_offsets(await read_topic(bootstrap, topics.events, EVENT_PARTITIONS))
         for duplicate in duplicated:
             candidates = triggers[(duplicate["account"], duplicate["ts"])]
             assert any(offset >= committed_at_kill.get(p, 0) for p, offset in candidates)
@@ -279,25 +270,10 @@ async def test_sigterm_exits_cleanly_with_offsets_committed_and_state_saved(
     kafka_broker, create_topic, topic_name, services, tmp_path
 ):
     bootstrap = kafka_broker.bootstrap
-    topics = await make_topics(create_topic, bootstrap, topic_name)
-    config = SimulatorConfig(accounts=3000, minutes=20, seed=7)
-    total = sum(event_counts(config).values())
-    policy = account_policy(tmp_path)
-    service = services(
-        "graceful",
-        bootstrap,
-        topics,
-        f"{topic_name}-group",
-        extra_args=("--policy", str(policy), "--batch-size", "500"),
+    run = await start_mid_stream(
+        create_topic, services, bootstrap, topic_name, tmp_path, name="graceful", seed=7
     )
-    service.start()
-    await service.wait_ready()
-    traffic = asyncio.create_task(
-        produce_simulation(bootstrap, topics.events, config, rate_per_s=total / 8)
-    )
-    await wait_committed_at_least(
-        bootstrap, service.group, topics.events, total // 3, services=[service]
-    )
+    topics, service, total = run.topics, run.service, run.total
 
     stopping = time.monotonic()
     service.send(signal.SIGTERM)
@@ -315,13 +291,12 @@ async def test_sigterm_exits_cleanly_with_offsets_committed_and_state_saved(
 
     # Restarted, it re-reads nothing and so sends nothing twice.
     service.start()
-    assert await traffic == total
+    assert await run.traffic == total
     await wait_caught_up(bootstrap, service.group, topics.events, services=[service])
     second_run = service.log_text().split("---- start ")[2]
     assert "rebuilt" not in second_run
     assert resume_offsets(service.log_text(), topics.events, 2) == committed
-    events = await read_topic(bootstrap, topics.events, EVENT_PARTITIONS)
-    expected = {s.signal_id for s in reference_signals(events, load_policy(policy))}
+    expected = await expected_signal_ids(bootstrap, topics, run.policy)
     got = [s["signal_id"] for s in parse_signals(await read_topic(bootstrap, topics.signals, 2))]
     assert sorted(got) == sorted(expected)
     service.send(signal.SIGTERM)
@@ -333,25 +308,18 @@ async def test_broker_outage_of_20_s_is_survived_and_caught_up(
 ):
     bootstrap = kafka_broker.bootstrap
     broker = broker_process(bootstrap)
-    topics = await make_topics(create_topic, bootstrap, topic_name)
-    config = SimulatorConfig(accounts=3000, minutes=20, seed=11)
-    total = sum(event_counts(config).values())
-    policy = account_policy(tmp_path)
-    service = services(
-        "survivor",
+    run = await start_mid_stream(
+        create_topic,
+        services,
         bootstrap,
-        topics,
-        f"{topic_name}-group",
-        extra_args=("--policy", str(policy), "--batch-size", "500"),
+        topic_name,
+        tmp_path,
+        name="survivor",
+        seed=11,
+        produce_s=10,
+        committed_share=1 / 4,
     )
-    service.start()
-    await service.wait_ready()
-    traffic = asyncio.create_task(
-        produce_simulation(bootstrap, topics.events, config, rate_per_s=total / 10)
-    )
-    await wait_committed_at_least(
-        bootstrap, service.group, topics.events, total // 4, services=[service]
-    )
+    topics, service, total = run.topics, run.service, run.total
 
     committed_before = await committed_offsets(bootstrap, service.group, topics.events)
     healthz, readyz = [], []
@@ -368,11 +336,11 @@ async def test_broker_outage_of_20_s_is_survived_and_caught_up(
     assert set(healthz) == {200}
     assert readyz[-1] == 503, readyz  # no fetch answers for STALE_FETCH_S: not ready
 
-    assert await traffic == total
+    assert await run.traffic == total
     await wait_caught_up(bootstrap, service.group, topics.events, timeout_s=120, services=[service])
     await service.wait_ready(timeout_s=30)
     events = await read_topic(bootstrap, topics.events, EVENT_PARTITIONS)
-    reference = reference_signals(events, load_policy(policy))
+    reference = reference_signals(events, load_policy(run.policy))
     expected = {s.signal_id for s in reference}
     got = collections.Counter(
         s["signal_id"] for s in parse_signals(await read_topic(bootstrap, topics.signals, 2))
