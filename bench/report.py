@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 
+from detector.pipeline import STAGES
+
 COLOURS = {
     "ceiling": "#7f7f7f",
     "bulkwatch": "#1f77b4",
@@ -628,11 +630,7 @@ def _stage_text(drain: dict[str, Any]) -> str:
     records = stages.get("records")
     if not records:
         return ""
-    parts = [
-        f"{name} {stages[name] / records * 1e6:.2f}"
-        for name in ("decode", "accounts", "content", "policy")
-        if name in stages
-    ]
+    parts = [f"{name} {stages[name] / records * 1e6:.2f}" for name in STAGES if name in stages]
     batch = stages.get("batch")
     total = f"; whole batch {batch / records * 1e6:.2f}" if batch else ""
     return (

@@ -30,7 +30,7 @@ from kernels import accounts as account_kernels
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STAGES = ("decode", "accounts", "content", "policy")
+STAGES = ("decode", "accounts", "content", "network", "policy")
 
 
 @dataclass
@@ -160,6 +160,7 @@ class Pipeline:
             clusters = self.content.assign(
                 batch.ts_ms, batch.account, batch.peer, batch.flags, batch.texts
             )
+        t_network = time.perf_counter()
         network = self.network.observe(batch) if self.network is not None else None
         t1 = time.perf_counter()
         inputs = RuleInputs(batch, features, clusters, network)
@@ -168,7 +169,8 @@ class Pipeline:
         signals = make_signals(
             self.policy, inputs, decisions, state.gate, exemplar=exemplar, now_ms=self._clock_ms()
         )
-        seconds["content"] = seconds.get("content", 0.0) + t1 - t0
+        seconds["content"] = seconds.get("content", 0.0) + t_network - t0
+        seconds["network"] = seconds.get("network", 0.0) + t1 - t_network
         seconds["policy"] = seconds.get("policy", 0.0) + time.perf_counter() - t1
         return signals, inputs, decisions
 
