@@ -22,21 +22,26 @@ left a window). An account idle (no event as subject) for more than ``ttl_s`` is
 reset when it is next probed, and its slot can be reused. Expiry is lazy (on probe). Limits:
 ``lateness_s <= 6 h``, ``ttl_s <= 30 days``, event times in [1970, 2106).
 
-Memory (plain numpy arrays sized at creation; with the defaults 199 bytes per account slot, all
-pools included, so 249 bytes per tracked account at a load factor of 0.8; size the table
+Memory (plain numpy arrays sized at creation; with the defaults 198 bytes per account slot, all
+pools included, so 248 bytes per tracked account at a load factor of 0.8; size the table
 for the expected active accounts at a load factor of about 0.8; ``account_state_stats`` reports
 every pool's use and losses):
 
 * Account table: ``keys`` (uint64) and ``rows`` (uint32, 32 words = 128 bytes), open addressing with
-  linear probing over a bounded window of ``probe`` slots (default 128: at load 0.8 a new account
+  linear probing over a bounded window of ``probe`` slots (default 64: at load 0.8 a new account
   almost always finds an empty slot; lookups read only keys, 8 per cache line, and stop at the key
   or at an empty slot). A row holds the account clock, creation time (to the second), the gap ring
   with its running sums, and a *log* of its last 8 events that still count in a window (time, type,
   flags, recipient fingerprint or members). Most accounts are quiet: their features are computed
   exactly from the log. A new account takes the first empty slot of its window; when the window is
-  full, the first expired account of its first ``EVICTION_SCAN`` (16) slots is reused
-  (``expirations``), else the least recently active of them is evicted (``evictions``).
-* Heavy pool (``heavy``, 180 words = 720 bytes per row, default ``capacity // 16`` rows): when an
+  full, the first expired account of its first ``EVICTION_SCAN`` (8) slots is reused
+  (``expirations``), else the least recently active of them (smallest clock, the first such slot
+  on a tie) is evicted (``evictions``). Eight candidates, one cache line of row each: a table that
+  is always full (far more accounts than slots) pays this on every new account, and 16 candidates
+  cost twice the memory traffic for about as many evictions (1,401,361 with 8 vs 1,400,017 with 16
+  for 2.4 M accounts through 1 M slots; 650 vs 637 in ``bench.kernels`` at load 0.8).
+* Heavy pool (``heavy``, 176 words = 704 bytes = 11 cache lines per row, rows line aligned,
+  default ``capacity // 16`` rows): when an
   account's log would overflow with events still inside a window, the account is *promoted*: the log
   is replayed into ring buckets with running totals, so every feature is O(1) per event. A heavy row
   whose owner has been idle for 24 h is reclaimed without loss; when none is free, the least recently
@@ -83,9 +88,13 @@ carried by a message, else unknown (NaN); kept to the second. Group ``members`` 
 clamped to [0, 65535].
 
 Speed: the batch kernel hashes each event once (subject, home slot, peer fingerprint, kept in a
-small ring) and prefetches the memory of the events a few positions ahead (home slot, then the
-account's row found in the first ``PREFETCH_PROBE`` keys of its window, its heavy row lines and
-recipient pairs); it runs without reference counting (``_nrt=False``: it allocates nothing).
+small ring) and prefetches the memory of the events a few positions ahead, in three steps so no
+prefetch waits on a load: the first keys of the window; then the account's row found in those keys
+(or the row of the empty slot it will take; in a crowded window, the rest of the window's keys);
+then its heavy row's first three lines and current buckets and its recipient pairs, or its log
+line if it is light (or the eviction candidates' rows, for a new account in a full window). A
+promotion prefetches the pairs of the log it replays. It runs without reference counting
+(``_nrt=False``: it allocates nothing).
 State arrays start on a cache line (a light row is two lines) and their pages are written at
 creation, so no page fault lands in a batch. Numba's on-disk cache (``cache=True``) is keyed on each function's own file: after changing
 ``hll.py`` or ``hashtable.py``, clear ``kernels/__pycache__`` (or bump NUMBA_CACHE_DIR) so callers in
@@ -110,7 +119,8 @@ from numba.cpython.unsafe.numbers import leading_zeros
 from . import hll
 from .hashtable import MAX_TABLE_CAPACITY, fingerprint32, home_slot, prefetch
 
-LAYOUT_VERSION = 3  # 2: pair placement (_pair_home) changed; 3: compact heavy rows
+# 2: pair placement (_pair_home) changed; 3: compact heavy rows; 4: 704-byte, line-aligned heavy rows
+LAYOUT_VERSION = 4
 
 # Event types and flag bits of the columnar batch (docs/architecture.md).
 MESSAGE, REGISTRATION, REPORT, BLOCK, GROUP_CREATE, GROUP_ADD = 0, 1, 2, 3, 4, 5
@@ -133,7 +143,7 @@ LOG_SLOTS = 8
 MAX_MEMBERS_PER_EVENT = 65535
 MAX_TS_MS = (1 << 32) * 1000  # event times are kept as uint32 seconds
 HEAVY_SCAN = 16  # heavy rows examined per promotion
-EVICTION_SCAN = 16  # slots of a full probe window examined for an expired or evicted account
+EVICTION_SCAN = 8  # slots of a full probe window examined for an expired or evicted account
 PAIR_PROBE = 16  # probe window of the pair table
 SKETCH_RETRY = 64  # a denied account asks for a sketch again every 64 new recipients
 SKETCH_UNDER_PRESSURE = 64  # recipients from which a sender takes a sketch when pairs are crowded
@@ -180,7 +190,7 @@ LOG_WIPE_S = 1 << 17
 # buckets), except the hourly message counts and the 5 min member sums, which are 32-bit words.
 # Recipient counts are 16-bit without saturation: an account's exact recipients are capped at
 # MAX_EXACT_RECIPIENTS per window (see _recipient_seen), so no bucket can exceed it.
-HEAVY_WORDS = 180
+HEAVY_WORDS = 176  # 11 cache lines: rows stay line aligned
 RING_MAX = 65535
 MAX_EXACT_RECIPIENTS = 65535
 H_OWNER = 0  # account slot or NO_INDEX (free)
@@ -198,17 +208,17 @@ NF24 = 5
 H_TOT_1H = 9
 H_TOT_24H = H_TOT_1H + NF1  # 18
 # The 15 s, 1 min and 15 min rings (one 16-bit count per bucket), as half indices: with the
-# header and totals they fill the first 48 words.
-Q_RING_15S = 48
-Q_RING_1M = Q_RING_15S + N15S  # 63
-Q_RING_15M = Q_RING_1M + N1M  # 75
-assert Q_RING_15M + N15M <= 96 and H_TOT_24H + NF24 <= Q_RING_15S // 2
+# header and totals they fill the first 44 words, within the row's first 3 cache lines.
+Q_RING_15S = 46
+Q_RING_1M = Q_RING_15S + N15S  # 61
+Q_RING_15M = Q_RING_1M + N1M  # 73
 # 1 h ring (words): a bucket is NF1_HALVES halves then the member sum.
-H_RING_1H = 48
+H_RING_1H = 44
+assert Q_RING_15M + N15M <= 2 * H_RING_1H and H_TOT_24H + NF24 <= Q_RING_15S // 2
 B1H_WORDS = NF1_HALVES // 2 + 1  # 5
 # 24 h ring (words): a bucket is the message count (word 0), then reports, blocks, recipients and
 # business recipients as halves 2 .. 5 (half of field f: 2 * bucket + f + 1).
-H_RING_24H = H_RING_1H + N1H * B1H_WORDS  # 108
+H_RING_24H = H_RING_1H + N1H * B1H_WORDS  # 104
 B24H_WORDS = 3
 assert H_RING_24H + N24H * B24H_WORDS == HEAVY_WORDS
 
@@ -401,13 +411,13 @@ def new_account_state(
     ``ttl_s`` (<= 30 days): an account idle for longer is expired. ``probe``: account-table probe
     window (slots examined per lookup; when it is full, its first EVICTION_SCAN slots are the
     eviction candidates). The default 64 keeps evictions near zero up to a load factor of 0.8
-    (632 of 571,667 accounts in ``bench.kernels``; 31 with 128, 13,277 with 16); a table that is
-    always full (far more active accounts than slots) pays for a wide window, since every new
-    account scans all of it: there 16-32 is faster (and evicts as much).
+    (650 of 571,667 accounts in ``bench.kernels``); a table that is always full (far more active
+    accounts than slots) pays for a wide window, since every new account scans all of it (its
+    keys are prefetched, 8 per cache line).
     ``heavy_capacity`` (default ``capacity // 16``), ``pair_capacity`` (default ``capacity``) and
     ``sketch_capacity`` (default ``capacity // 65536``, at least 1; 0 = always exact) size the
     shared pools; ``exact_recipients``: distinct recipients in 24 h kept exactly before a sketch
-    takes new ones. With the defaults the state takes about 199 bytes per account slot: size
+    takes new ones. With the defaults the state takes about 198 bytes per account slot: size
     ``capacity`` for the expected accounts at a load factor of about 0.8.
     """
     heavy_capacity = max(1, capacity // 16) if heavy_capacity is None else heavy_capacity
@@ -640,9 +650,9 @@ def _claim_account(
                 counters[C_EXPIRATIONS] += 1
                 _reset_row(rows, heavy, sketch_meta, slot, ts_s)
             return slot
-        if k == 0:
+        if k == 0:  # never used: the row is still as created (zeros, no heavy row)
             keys[slot] = key
-            _reset_row(rows, heavy, sketch_meta, slot, ts_s)
+            rows[slot, L_NOW] = ts_s
             return slot
         slot += 1
         if slot == cap:
@@ -1247,6 +1257,13 @@ def _promote(
     """Move a light account's log into a heavy row; returns the row."""
     now = np.int64(rows[slot, L_NOW])
     hidx = _heavy_alloc(rows, heavy, sketch_meta, counters, slot, now, dead_hour)
+    for k in range(LOG_SLOTS):  # the replay probes a pair per message: start their loads now
+        tag = np.int64(rows[slot, L_LOG + 2 * k])
+        if (tag >> TAG_TYPE_SHIFT) & 7 == MESSAGE and tag & (TAG_VALID | TAG_NO_PEER) == TAG_VALID:
+            fp = rows[slot, L_LOG + 2 * k + 1]
+            prefetch(pairs, _pair_home(hidx, 0, fp, pairs.shape[0]), 0)
+            if (tag >> TAG_FLAGS_SHIFT) & BUSINESS:
+                prefetch(pairs, _pair_home(hidx, 1, fp, pairs.shape[0]), 0)
     for k in range(LOG_SLOTS):
         tag = np.int64(rows[slot, L_LOG + 2 * k])
         if tag == 0:
@@ -1340,14 +1357,19 @@ def _zero_features(counts, reals, gap_counts, active_hours, i):
 
 # --------------------------------------------------------------------------------------------
 # The batch kernel. Events are processed in order, but the memory of the coming events is
-# prefetched: their account slot PREFETCH_SLOT events ahead, then (the slot being in cache) their
-# heavy row lines and recipient pair PREFETCH_ROWS events ahead. Most of the time an event would
-# otherwise wait on a chain of cache misses: account key -> row -> heavy row -> pair.
+# prefetched in three steps, each reading only memory the step before prefetched: keys
+# PREFETCH_KEYS events ahead, the account's row PREFETCH_SLOT events ahead, its heavy row lines and
+# recipient pairs PREFETCH_ROWS events ahead. An event would otherwise wait on a chain of cache
+# misses: account key -> row -> heavy row -> pair.
 
-PREFETCH_SLOT = 8
-PREFETCH_ROWS = 4
-PREFETCH_PROBE = 8  # probe-window slots searched for a prefetched account (one line of keys)
-HASH_RING = 16  # > PREFETCH_SLOT, a power of two
+PREFETCH_KEYS = 12  # events ahead: hash, prefetch the first PREFETCH_PROBE keys of the window
+PREFETCH_SLOT = 7  # events ahead: find the account's slot in those keys, prefetch its row
+PREFETCH_ROWS = 3  # events ahead: read the row's heavy index, prefetch heavy lines and pairs
+PREFETCH_PROBE = 8  # probe-window slots searched PREFETCH_SLOT events ahead (a line of keys)
+HASH_RING = 16  # > PREFETCH_KEYS, a power of two
+R_SUBJECT, R_HOME, R_FP, R_SLOT = 0, 1, 2, 3  # columns of the ring
+NOT_FOUND = np.uint64(0xFFFFFFFFFFFFFFFF)  # R_SLOT: no slot to prefetch
+CROWDED = np.uint64(0xFFFFFFFFFFFFFFFE)  # R_SLOT: first keys full, search the rest later
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -1356,47 +1378,98 @@ def _subject(kind, account, peer):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _hash_ahead(keys, rows, hashes, i, kind, account, peer):
+def _hash_ahead(keys, hashes, i, kind, account, peer):
     """Hash event ``i`` once (subject, its home slot, the peer fingerprint) into the ring
-    ``hashes`` and prefetch its home slot."""
+    ``hashes`` and prefetch the first keys of its probe window."""
     subject = _subject(kind, account, peer)
     slot = home_slot(subject, keys.shape[0])
     r = i & (HASH_RING - 1)
-    hashes[r, 0] = subject
-    hashes[r, 1] = slot
-    hashes[r, 2] = fingerprint32(peer)
+    hashes[r, R_SUBJECT] = subject
+    hashes[r, R_HOME] = slot
+    hashes[r, R_FP] = fingerprint32(peer)
     prefetch(keys, slot, 0)
-    prefetch(rows, slot, 0)
+    prefetch(keys, min(slot + PREFETCH_PROBE - 1, keys.shape[0] - 1), 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _prefetch_rows(keys, rows, heavy, pairs, subject, home, fp, kind, ts_ms, peer, flags, probe):
-    """Prefetch the row of an event's account (found in its probe window, whose keys were
-    prefetched earlier), then its heavy row lines and recipient pairs."""
+def _search_ahead(keys, rows, hashes, r, first, last, log_line):
+    """Search probe-window positions [first, last) of ring entry ``r`` for its account; record the
+    slot (a hint, checked again when the event is applied) and prefetch its row (its first line,
+    and the log line if ``log_line``), or the row of the empty slot a new account will take.
+    Returns False if every key there is another's."""
+    subject = hashes[r, R_SUBJECT]
     cap = keys.shape[0]
-    slot = home
-    for _ in range(min(probe, PREFETCH_PROBE)):
+    slot = np.int64(hashes[r, R_HOME]) + first
+    if slot >= cap:
+        slot -= cap
+    for _ in range(first, last):
         k = keys[slot]
         if k == subject:
-            break
+            hashes[r, R_SLOT] = slot
+            prefetch(rows, slot, 0)
+            if log_line:
+                prefetch(rows, slot, L_LOG)
+            return True
         if k == 0:
-            return
+            hashes[r, R_SLOT] = NOT_FOUND
+            prefetch(rows, slot, 0)
+            prefetch(rows, slot, L_LOG)
+            return True
         slot += 1
         if slot == cap:
             slot = 0
-    else:
+    return False
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _locate_ahead(keys, rows, hashes, i, probe):
+    """Search the first PREFETCH_PROBE keys of event ``i``'s window (prefetched earlier). If they
+    all belong to other accounts (a crowded or full window), prefetch the rest of the window's keys:
+    the search goes on PREFETCH_ROWS events ahead."""
+    r = i & (HASH_RING - 1)
+    # The log line is prefetched later, and only if the account is light (heavy ones don't use it).
+    if _search_ahead(keys, rows, hashes, r, 0, min(probe, PREFETCH_PROBE), False):
         return
-    if slot != home:
-        prefetch(rows, slot, 0)
-    hidx = np.int64(rows[slot, L_HEAVY])
+    hashes[r, R_SLOT] = NOT_FOUND
+    if probe <= PREFETCH_PROBE:
+        return
+    hashes[r, R_SLOT] = CROWDED
+    cap = keys.shape[0]
+    home = np.int64(hashes[r, R_HOME])
+    for j in range(PREFETCH_PROBE, probe + 7, 8):
+        prefetch(keys, _wrap(home + min(j, probe - 1), cap), 0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _wrap(slot, cap):
+    return slot - cap if slot >= cap else slot
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_heavy(keys, rows, heavy, pairs, hashes, i, kind, ts_ms, peer, flags, probe):
+    """Prefetch the heavy row lines and recipient pairs of event ``i``'s account (its row was
+    prefetched earlier)."""
+    r = i & (HASH_RING - 1)
+    found = hashes[r, R_SLOT]
+    if found == CROWDED:
+        if not _search_ahead(keys, rows, hashes, r, PREFETCH_PROBE, probe, True):
+            # A new account in a full window: the eviction candidates' clocks will be read.
+            hashes[r, R_SLOT] = NOT_FOUND
+            cap = keys.shape[0]
+            home = np.int64(hashes[r, R_HOME])
+            for j in range(min(probe, EVICTION_SCAN)):
+                prefetch(rows, _wrap(home + j, cap), 0)
+        return  # the row is not in cache yet
+    if found == NOT_FOUND:
+        return
+    hidx = np.int64(rows[np.int64(found), L_HEAVY])
     if hidx == NO_INDEX:
-        prefetch(rows, slot, L_LOG)  # the log, in the row's second cache line
+        prefetch(rows, np.int64(found), L_LOG)  # the log, in the row's second cache line
         return
-    # Header, totals and the 15 s, 1 min and 15 min rings: words 0-47 (rows are not line aligned).
+    # Header, totals and the 15 s, 1 min and 15 min rings: words 0-43, three cache lines.
     prefetch(heavy, hidx, 0)
     prefetch(heavy, hidx, 16)
     prefetch(heavy, hidx, 32)
-    prefetch(heavy, hidx, H_RING_1H - 1)
     ts = _div(ts_ms, 1000)
     w = _half_1h(ts, 0) // 2
     prefetch(heavy, hidx, w)
@@ -1405,6 +1478,7 @@ def _prefetch_rows(keys, rows, heavy, pairs, subject, home, fp, kind, ts_ms, pee
     prefetch(heavy, hidx, w)
     prefetch(heavy, hidx, w + B24H_WORDS - 1)
     if kind == MESSAGE and peer != 0:
+        fp = np.uint32(hashes[r, R_FP])
         prefetch(pairs, _pair_home(hidx, 0, fp, pairs.shape[0]), 0)
         if flags & BUSINESS:
             prefetch(pairs, _pair_home(hidx, 1, fp, pairs.shape[0]), 0)
@@ -1424,20 +1498,28 @@ def _update_accounts(
     probe = params[P_PROBE]
     exact = params[P_EXACT_RECIPIENTS]
     n = ts_ms.shape[0]
+    for i in range(min(PREFETCH_KEYS, n)):
+        _hash_ahead(keys, hashes, i, np.int64(event_type[i]), account[i], peer[i])
     for i in range(min(PREFETCH_SLOT, n)):
-        _hash_ahead(keys, rows, hashes, i, np.int64(event_type[i]), account[i], peer[i])
+        _locate_ahead(keys, rows, hashes, i, probe)
+    for i in range(min(PREFETCH_ROWS, n)):
+        _prefetch_heavy(
+            keys, rows, heavy, pairs, hashes, i, np.int64(event_type[i]), ts_ms[i], peer[i],
+            flags[i], probe,
+        )  # fmt: skip
     for i in range(n):
-        ahead = i + PREFETCH_SLOT
+        ahead = i + PREFETCH_KEYS
         if ahead < n:
             kind = np.int64(event_type[ahead])
-            _hash_ahead(keys, rows, hashes, ahead, kind, account[ahead], peer[ahead])
+            _hash_ahead(keys, hashes, ahead, kind, account[ahead], peer[ahead])
+        ahead = i + PREFETCH_SLOT
+        if ahead < n:
+            _locate_ahead(keys, rows, hashes, ahead, probe)
         ahead = i + PREFETCH_ROWS
         if ahead < n:
-            r = ahead & (HASH_RING - 1)
-            _prefetch_rows(
-                keys, rows, heavy, pairs, hashes[r, 0], np.int64(hashes[r, 1]),
-                np.uint32(hashes[r, 2]), np.int64(event_type[ahead]), ts_ms[ahead], peer[ahead],
-                flags[ahead], probe,
+            _prefetch_heavy(
+                keys, rows, heavy, pairs, hashes, ahead, np.int64(event_type[ahead]),
+                ts_ms[ahead], peer[ahead], flags[ahead], probe,
             )  # fmt: skip
         ts = ts_ms[i]
         kind = np.int64(event_type[i])

@@ -623,6 +623,14 @@ def test_default_memory_is_at_most_256_bytes_per_account_at_load_0_8():
     assert stats["nbytes"] == ak.state_nbytes(state)
 
 
+def test_heavy_rows_start_on_a_cache_line():
+    """A heavy row's header, totals and short rings then take exactly its first three lines."""
+    state = ak.new_account_state(10_000)
+    assert state.heavy.ctypes.data % ak.CACHE_LINE == 0
+    assert state.heavy.strides[0] % ak.CACHE_LINE == 0
+    assert ak.H_RING_1H * 4 <= 3 * ak.CACHE_LINE
+
+
 def test_ring_counts_saturate_at_the_documented_bound():
     """70,000 messages in one second: 16-bit bucket counts stop at 65,535, the hourly message
     count (32-bit) stays exact, and the next second's bucket counts from zero."""
