@@ -13,6 +13,7 @@ from detector.events import (
     DeadLetterReason,
     EventType,
     Flag,
+    PackedRecords,
     account_id,
     decode_batch,
 )
@@ -207,3 +208,30 @@ def _encodable(obj) -> bool:
     except (TypeError, ValueError, OverflowError):
         return False
     return True
+
+
+def test_packed_records_read_slice_concat_and_split_like_a_list():
+    values = [b"a", b"", b"bcd", b"ef"]
+    packed = PackedRecords.from_values(values, [10, 11, 13, 14])
+    assert list(packed) == values and len(packed) == 4
+    assert packed[-1] == b"ef"
+    with pytest.raises(IndexError):
+        packed[4]
+    tail = packed[2:]
+    assert list(tail) == [b"bcd", b"ef"] and tail.bounds[0] == 0
+    assert tail.offsets.tolist() == [13, 14]
+    joined = PackedRecords.concat([packed[:1], packed[1:3], tail])
+    assert list(joined) == values[:3] + values[2:]
+    assert [list(run) for run in packed.runs()] == [[b"a", b""], [b"bcd", b"ef"]]
+    assert [run.offsets.tolist() for run in packed.runs()] == [[10, 11], [13, 14]]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from([record(**message()), record(**message(text="hé\\n")), b"{", b""])))
+def test_packed_records_decode_exactly_as_a_list_of_bytes(records):
+    from_list = decode_batch(records)
+    from_packed = decode_batch(PackedRecords.from_values(records, range(len(records))))
+    assert from_packed.dead_letters == from_list.dead_letters
+    assert from_packed.events.record.tolist() == from_list.events.record.tolist()
+    assert from_packed.events.account.tolist() == from_list.events.account.tolist()
+    assert list(from_packed.events.texts) == list(from_list.events.texts)
