@@ -559,6 +559,7 @@ class Instance(abc.ABC):
     def __init__(self, name: str, command: list[str], log_dir: Path) -> None:
         self.name = name
         self.command = command
+        self.cpu: int | None = None  # set before start: run on this core only (taskset)
         self.log_path = log_dir / f"{name}.log"
         self.process: asyncio.subprocess.Process | None = None
         self.ps: psutil.Process | None = None
@@ -575,11 +576,14 @@ class Instance(abc.ABC):
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
-        self._log.write("$ " + " ".join(self.command) + "\n")
+        command = (
+            self.command if self.cpu is None else ["taskset", "-c", str(self.cpu), *self.command]
+        )
+        self._log.write("$ " + " ".join(command) + "\n")
         self._log.flush()
         self.started_at = time.time()
         self.process = await asyncio.create_subprocess_exec(
-            *self.command,
+            *command,
             stdout=self._stdout_target(),
             stderr=self._log,
             env=_child_env(),
@@ -1049,6 +1053,8 @@ def _make_instances(
     group: str,
     signals_topic: str | None,
     dlq_topic: str | None,
+    *,
+    core_each: bool = False,
 ) -> list[Instance]:
     o = ctx.options
     instances: list[Instance] = []
@@ -1085,6 +1091,8 @@ def _make_instances(
                     policy=ctx.policy_path,
                 )
             )
+        if core_each:
+            instances[-1].cpu = i % (os.cpu_count() or 1)
     ctx.instances_started.extend(instances)
     return instances
 
@@ -1132,13 +1140,15 @@ async def drain_phase(
     target_offsets: dict[int, int],
     *,
     timeout_s: float,
+    core_each: bool = False,
 ) -> dict[str, Any]:
-    """Consume the pre-produced ``topic`` up to ``target_offsets`` and measure the steady state."""
+    """Consume the pre-produced ``topic`` up to ``target_offsets`` and measure the steady state
+    (``core_each``: instance i runs on core i only)."""
     o = ctx.options
     group = f"{ctx.prefix}-{label}"
     signals_topic, dlq_topic = await _output_topics(ctx, system, label)
     instances = _make_instances(
-        ctx, system, n_instances, label, topic, group, signals_topic, dlq_topic
+        ctx, system, n_instances, label, topic, group, signals_topic, dlq_topic, core_each=core_each
     )
     total = sum(target_offsets.values())
     sampler = Sampler(
@@ -1194,6 +1204,7 @@ async def drain_phase(
     result: dict[str, Any] = {
         "system": system,
         "instances": n_instances,
+        "core_each": core_each,
         "label": label,
         "group": group,
         "signals_topic": signals_topic,
@@ -1527,6 +1538,20 @@ async def _run_phases(ctx: RunContext) -> dict[str, Any]:
     drains["bulkwatch_x2"] = await drain_phase(
         ctx, "bulkwatch", 2, "bulkwatch-x2", events_topic, everything, timeout_s=o.drain_timeout_s
     )
+    if (os.cpu_count() or 1) >= 2:
+        # Scale-out with a fixed CPU budget per instance (the deployment requests one core each):
+        # one instance on core 0, then two on cores 0 and 1.
+        for n in (1, 2):
+            drains[f"bulkwatch_x{n}_core_each"] = await drain_phase(
+                ctx,
+                "bulkwatch",
+                n,
+                f"bulkwatch-x{n}-core-each",
+                events_topic,
+                everything,
+                timeout_s=o.drain_timeout_s,
+                core_each=True,
+            )
     drains["naive_x1"] = await drain_phase(
         ctx, "naive", 1, "naive-x1", events_topic, round0, timeout_s=o.naive_max_seconds
     )
@@ -1583,6 +1608,8 @@ def summarise(
     bulkwatch = drains["bulkwatch_x1"]["events_per_s"]
     two = drains["bulkwatch_x2"]["events_per_s"]
     ceiling_two = drains["ceiling_x2"]["events_per_s"]
+    one_core = drains.get("bulkwatch_x1_core_each", {}).get("events_per_s")
+    two_cores = drains.get("bulkwatch_x2_core_each", {}).get("events_per_s")
     half = [s for s in sweeps if s["system"] == "bulkwatch" and s["load_share"] == 0.5]
     p99_half = half[0]["latency_s"]["p99"] if half and half[0].get("latency_s") else None
 
@@ -1594,6 +1621,10 @@ def summarise(
         "bulkwatch_vs_naive": {"want": ">= 10", "measured": ratio(bulkwatch, naive)},
         "p99_latency_s_at_half_load": {"want": "< 1.0", "measured": p99_half},
         "two_instances_vs_one": {"want": ">= 1.6", "measured": ratio(two, bulkwatch)},
+        "two_instances_vs_one_core_each": {
+            "want": ">= 1.6",
+            "measured": ratio(two_cores, one_core),
+        },
     }
     for name, target in targets.items():
         value = target["measured"]
@@ -1613,6 +1644,7 @@ def summarise(
         "bulkwatch_events_per_s": bulkwatch,
         "two_instance_events_per_s": two,
         "two_instance_ceiling_events_per_s": ceiling_two,
+        "core_each_events_per_s": {"one_instance": one_core, "two_instances": two_cores},
         "p99_latency_s_at_half_load": p99_half,
         "producer_events_per_s": producer_events_per_s,
         "events_per_cpu_s": {key: per_cpu(key) for key in drains},

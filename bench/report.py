@@ -31,6 +31,8 @@ DRAIN_NAMES = {
     "ceiling_x2": "ceiling, 2 consumers",
     "bulkwatch_x1": "bulkwatch, 1 instance",
     "bulkwatch_x2": "bulkwatch, 2 instances",
+    "bulkwatch_x1_core_each": "bulkwatch, 1 instance on 1 core",
+    "bulkwatch_x2_core_each": "bulkwatch, 2 instances, 1 core each",
     "naive_x1": "naive Python + datasketch",
 }
 QUALITY_NAMES = {
@@ -255,6 +257,13 @@ def plot_quality(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _drain_colour(key: str) -> str:
+    system = key.split("_")[0]
+    if system == "bulkwatch" and "x2" in key:
+        return COLOURS["bulkwatch_x2"]
+    return COLOURS[system]
+
+
 def plot_drains(results: dict[str, Any], path: Path) -> None:
     """Flat-out throughput of every system, with the targets drawn in."""
     drains = results.get("drains", {})
@@ -263,16 +272,7 @@ def plot_drains(results: dict[str, Any], path: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(8, 4.4), dpi=110)
     rates = [drains[k]["events_per_s"] for k in keys]
-    colours = [
-        COLOURS["ceiling"]
-        if k.startswith("ceiling")
-        else COLOURS["naive"]
-        if k.startswith("naive")
-        else COLOURS["bulkwatch_x2"]
-        if k == "bulkwatch_x2"
-        else COLOURS["bulkwatch"]
-        for k in keys
-    ]
+    colours = [_drain_colour(k) for k in keys]
     bars = ax.barh([DRAIN_NAMES[k] for k in keys], rates, color=colours)
     for bar, key, rate in zip(bars, keys, rates, strict=True):
         cores = drains[key].get("cpu", {}).get("instance_cores") or []
@@ -311,20 +311,11 @@ def plot_timeline(results: dict[str, Any], path: Path) -> None:
         if not samples:
             continue
         t, committed = zip(*samples, strict=True)
-        colour = (
-            COLOURS["ceiling"]
-            if key.startswith("ceiling")
-            else COLOURS["naive"]
-            if key.startswith("naive")
-            else COLOURS["bulkwatch_x2"]
-            if key == "bulkwatch_x2"
-            else COLOURS["bulkwatch"]
-        )
         ax.plot(
             t,
             committed,
-            color=colour,
-            ls=":" if key.endswith("x2") else "-",
+            color=_drain_colour(key),
+            ls=":" if "x2" in key else "-",
             label=DRAIN_NAMES[key],
         )
     ax.yaxis.set_major_formatter(_k)
@@ -426,6 +417,17 @@ def _header_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _core_each_row(results: dict[str, Any]) -> str:
+    """Two instances against one with one core each (the deployment's CPU request)."""
+    target = results.get("targets", {}).get("two_instances_vs_one_core_each", {})
+    rates = results.get("core_each_events_per_s") or {}
+    return (
+        "| two instances / one instance, one core each | >= 1.6 | "
+        f"{_num(target.get('measured'), 2)} ({_num(rates.get('two_instances'))} / "
+        f"{_num(rates.get('one_instance'))} events/s) | {_met(target.get('met'))} |"
+    )
+
+
 def _headline_lines(results: dict[str, Any]) -> list[str]:
     targets = results.get("targets", {})
 
@@ -458,6 +460,7 @@ def _headline_lines(results: dict[str, Any]) -> list[str]:
             "p99_latency_s_at_half_load", 3, None),
         row("two instances / one instance", ">= 1.6", "two_instances_vs_one", 2,
             ("two_instance_events_per_s", bulkwatch)),
+        _core_each_row(results),
         "",
         "The same ratios per CPU-second each process used (less disturbed by whatever else ran "
         "on the machine): bulkwatch / ceiling "
@@ -615,6 +618,17 @@ def _bottleneck_text(results: dict[str, Any]) -> str:
         parts.append(
             f"The limit is the CPU of this machine: two instances fill it, and {limit}; a third "
             "instance would need more cores."
+        )
+    pinned_one = drains.get("bulkwatch_x1_core_each", {})
+    pinned_two = drains.get("bulkwatch_x2_core_each", {})
+    if pinned_one.get("events_per_s") and pinned_two.get("events_per_s"):
+        broker_pinned = (pinned_two.get("cpu") or {}).get("broker_cores")
+        parts.append(
+            "With one core per instance (`taskset`; the deployment requests one core per pod), "
+            f"one instance ran {_num(pinned_one['events_per_s'])} events/s on core 0 and two ran "
+            f"{_num(pinned_two['events_per_s'])} on cores 0 and 1: "
+            f"{pinned_two['events_per_s'] / pinned_one['events_per_s']:.2f}x, with the broker "
+            f"(not pinned) taking {_num(broker_pinned, 2)} cores from them."
         )
     if c1.get("events_per_s") and c2.get("events_per_s"):
         parts.append(
