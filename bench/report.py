@@ -293,7 +293,7 @@ def plot_drains(results: dict[str, Any], path: Path) -> None:
         ax.annotate("10x naive", (10 * naive, -0.6), fontsize=8, ha="left", color=COLOURS["naive"])
     ax.invert_yaxis()
     ax.xaxis.set_major_formatter(_k)
-    ax.set_xlim(0, max(rates) * 1.35)
+    ax.set_xlim(0, max(rates) * 1.5)
     ax.set_xlabel("events/s, flat out over the same pre-produced topic (steady state)")
     ax.set_title("Maximum throughput")
     ax.grid(alpha=0.3, axis="x")
