@@ -158,30 +158,36 @@ def _varint(data, pos, end):
 
 
 @njit(cache=True, nogil=True)
+def _record_head(data, pos, end):
+    """(end, offset delta, key position, key length) of the record at ``pos``; end -1 when it is
+    malformed. A null key has length -1."""
+    length, pos = _varint(data, pos, end)
+    if pos < 0 or length < MIN_RECORD_BYTES - 1 or pos + length > end:
+        return -1, 0, 0, 0
+    record_end = pos + length
+    _, pos = _varint(data, pos + 1, record_end)  # past the attributes: the timestamp delta
+    if pos < 0:
+        return -1, 0, 0, 0
+    offset_delta, pos = _varint(data, pos, record_end)
+    if pos < 0:
+        return -1, 0, 0, 0
+    key_length, pos = _varint(data, pos, record_end)
+    if pos < 0 or key_length < -1 or pos + max(key_length, 0) > record_end:
+        return -1, 0, 0, 0
+    return record_end, offset_delta, pos, key_length
+
+
+@njit(cache=True, nogil=True)
 def _walk_records(data, pos, end, base_offset, count, min_offset, offset, bounds, values, n):
     """Append the records of ``data[pos:end]`` from ``min_offset`` on to the value columns from row
     ``n``; the new row count, or -1 when a record is malformed."""
     if count < 0:
         return -1
     for _ in range(count):
-        length, pos = _varint(data, pos, end)
-        if pos < 0 or length < MIN_RECORD_BYTES - 1 or pos + length > end:
+        record_end, offset_delta, key_pos, key_length = _record_head(data, pos, end)
+        if record_end < 0:
             return -1
-        record_end = pos + length
-        pos += 1  # attributes (unused in format v2)
-        _, pos = _varint(data, pos, record_end)  # timestamp delta
-        if pos < 0:
-            return -1
-        offset_delta, pos = _varint(data, pos, record_end)
-        if pos < 0:
-            return -1
-        key_length, pos = _varint(data, pos, record_end)
-        if pos < 0 or key_length < -1:
-            return -1
-        pos += max(key_length, 0)
-        if pos > record_end:
-            return -1
-        value_length, pos = _varint(data, pos, record_end)
+        value_length, pos = _varint(data, key_pos + max(key_length, 0), record_end)
         if pos < 0 or value_length < -1 or pos + max(value_length, 0) > record_end:
             return -1
         if base_offset + offset_delta >= min_offset:
@@ -198,20 +204,10 @@ def _walk_records(data, pos, end, base_offset, count, min_offset, offset, bounds
 @njit(cache=True, nogil=True)
 def _control_type(data, pos, end):
     """Type of a control batch's first record (its key is version i16, type i16), or -2."""
-    _, pos = _varint(data, pos, end)  # length
-    if pos < 0:
+    record_end, _, key_pos, key_length = _record_head(data, pos, end)
+    if record_end < 0 or key_length < 4:
         return -2
-    pos += 1
-    _, pos = _varint(data, pos, end)
-    if pos < 0:
-        return -2
-    _, pos = _varint(data, pos, end)
-    if pos < 0:
-        return -2
-    key_length, pos = _varint(data, pos, end)
-    if pos < 0 or key_length < 4 or pos + 4 > end:
-        return -2
-    return _signed(_be(data, pos + 2, 2), 16)
+    return _signed(_be(data, key_pos + 2, 2), 16)
 
 
 @njit(cache=True, nogil=True)
