@@ -211,31 +211,36 @@ def _hex4(data, i):
 
 @njit(cache=True, nogil=True, inline="always")
 def _string_end(data, i, end, escapes_allowed):
-    """Position of the closing quote of a string whose content starts at i, or -1 to decline
-    (an escape unless ``escapes_allowed``, a malformed escape, a control character, invalid UTF-8,
-    unterminated)."""
+    """(position of the closing quote, escaped, ascii) of a string whose content starts at i:
+    ``escaped`` when it holds an escape, ``ascii`` when all its bytes are ASCII; position -1 to
+    decline (an escape unless ``escapes_allowed``, a malformed escape, a control character,
+    invalid UTF-8, unterminated)."""
+    escaped = False
+    ascii_only = True
     while i < end:
         c = data[i]
         if c == 0x22:
-            return i
+            return i, escaped, ascii_only
         if c < 0x20:
-            return -1
+            return -1, escaped, ascii_only
         if c == 0x5C:
             if not escapes_allowed or i + 1 >= end:
-                return -1
+                return -1, escaped, ascii_only
+            escaped = True
             e = data[i + 1]
             if e == 0x75:  # \uXXXX
                 if i + 6 > end or _hex4(data, i + 2) < 0:
-                    return -1
+                    return -1, escaped, ascii_only
                 i += 6
             elif _ESCAPED[e] != 0:
                 i += 2
             else:
-                return -1
+                return -1, escaped, ascii_only
             continue
         if c < 0x80:
             i += 1
             continue
+        ascii_only = False
         # multi-byte UTF-8: lead byte, then continuation bytes with the first one's range narrowed
         lo, hi = 0x80, 0xBF
         if 0xC2 <= c <= 0xDF:
@@ -253,18 +258,18 @@ def _string_end(data, i, end, escapes_allowed):
         elif c == 0xF4:
             more, hi = 3, 0x8F
         else:
-            return -1
+            return -1, escaped, ascii_only
         if i + more >= end:
-            return -1
+            return -1, escaped, ascii_only
         b = data[i + 1]
         if b < lo or b > hi:
-            return -1
+            return -1, escaped, ascii_only
         for j in range(2, more + 1):
             b = data[i + j]
             if b < 0x80 or b > 0xBF:
-                return -1
+                return -1, escaped, ascii_only
         i += more + 1
-    return -1
+    return -1, escaped, ascii_only
 
 
 # the byte an escape \X stands for (0: not a one-letter escape)
@@ -356,7 +361,7 @@ def _scan_one(data, start, end, row, limits, out, cursor):
     while True:
         if i >= end or data[i] != 0x22:
             return False
-        key_stop = _string_end(data, i + 1, end, False)
+        key_stop, _, _ = _string_end(data, i + 1, end, False)
         if key_stop < 0:
             return False
         field = _match(data, i + 1, key_stop, _FIELD_BYTES, _FIELD_OFFSETS)
@@ -382,7 +387,7 @@ def _scan_one(data, start, end, row, limits, out, cursor):
             if c != 0x22:
                 return False
             value_start = i + 1
-            value_stop = _string_end(data, value_start, end, field == F_TEXT)
+            value_stop, escaped, ascii_only = _string_end(data, value_start, end, field == F_TEXT)
             if value_stop < 0:
                 return False
             length = value_stop - value_start
@@ -408,13 +413,9 @@ def _scan_one(data, start, end, row, limits, out, cursor):
                 out.group_chat[row] = chat == 1
             elif field == 5:  # text
                 text_start, text_stop = value_start, value_stop
-                escaped = False
-                for j in range(value_start, value_stop):
-                    if data[j] == 0x5C:
-                        escaped = True
-                        break
-                plain = True  # ASCII without NUL
+                plain = ascii_only  # ASCII without NUL (raw, a NUL could only be an escape)
                 if escaped:  # unescaped into the side buffer
+                    plain = True
                     text_start = cursor[0]
                     text_stop = _unescape(data, value_start, value_stop, out.unescaped, text_start)
                     if text_stop < 0:
@@ -424,9 +425,6 @@ def _scan_one(data, start, end, row, limits, out, cursor):
                         plain &= (out.unescaped[j] < 0x80) & (out.unescaped[j] != 0)
                     text_start += data.shape[0]  # spans index data followed by the side buffer
                     text_stop += data.shape[0]
-                else:
-                    for j in range(text_start, text_stop):
-                        plain &= data[j] < 0x80
                 if text_stop - text_start > MAX_TEXT_BYTES:
                     return False
                 out.text_plain[row] = plain
