@@ -998,51 +998,46 @@ def _pair_make_room(pairs, heavy, heavy16, counters, home):
 # Sketches
 
 
-@njit(cache=True, nogil=True)
-def _sketch_sync(sketch_regs, sketch_meta, sk, clock):
-    """Slide both windows of sketch ``sk`` to the owner's clock."""
-    b = _div(clock, B1H_S)
-    if b > sketch_meta[sk, SK_CLOCK_1H]:
-        sketch_meta[sk, SK_CLOCK_1H] = hll.ring_advance(
-            sketch_regs[sk, SK_RING_1H : SK_RING_1H + N1H],
-            sketch_regs[sk, SK_WIN_1H],
-            sketch_meta[sk, SK_HIST_1H : SK_HIST_1H + hll.HISTOGRAM_LEN],
-            sketch_meta[sk, SK_CLOCK_1H],
-            b,
-        )
-    b = _div(clock, B24H_S)
-    if b > sketch_meta[sk, SK_CLOCK_24H]:
-        sketch_meta[sk, SK_CLOCK_24H] = hll.ring_advance(
+@njit(cache=True, nogil=True, inline="always")
+def _sketch_window(sketch_regs, sketch_meta, sk, day):
+    """Ring, window registers, histogram, clock word and bucket seconds of sketch ``sk``'s 24 h
+    window (``day``) or 1 h window."""
+    if day:
+        return (
             sketch_regs[sk, SK_RING_24H : SK_RING_24H + N24H],
             sketch_regs[sk, SK_WIN_24H],
             sketch_meta[sk, SK_HIST_24H : SK_HIST_24H + hll.HISTOGRAM_LEN],
-            sketch_meta[sk, SK_CLOCK_24H],
-            b,
+            SK_CLOCK_24H,
+            B24H_S,
         )
+    return (
+        sketch_regs[sk, SK_RING_1H : SK_RING_1H + N1H],
+        sketch_regs[sk, SK_WIN_1H],
+        sketch_meta[sk, SK_HIST_1H : SK_HIST_1H + hll.HISTOGRAM_LEN],
+        SK_CLOCK_1H,
+        B1H_S,
+    )
+
+
+@njit(cache=True, nogil=True)
+def _sketch_sync(sketch_regs, sketch_meta, sk, clock):
+    """Slide both windows of sketch ``sk`` to the owner's clock."""
+    for day in (False, True):
+        ring, window, hist, clock_word, bucket_s = _sketch_window(sketch_regs, sketch_meta, sk, day)
+        b = _div(clock, bucket_s)
+        if b > sketch_meta[sk, clock_word]:
+            sketch_meta[sk, clock_word] = hll.ring_advance(
+                ring, window, hist, sketch_meta[sk, clock_word], b
+            )
 
 
 @njit(cache=True, nogil=True)
 def _sketch_add(sketch_regs, sketch_meta, sk, fp, ts, clock):
     _sketch_sync(sketch_regs, sketch_meta, sk, clock)
     j, rank = hll.register_and_rank(hll.item_hash(fp))
-    hll.ring_add(
-        sketch_regs[sk, SK_RING_1H : SK_RING_1H + N1H],
-        sketch_regs[sk, SK_WIN_1H],
-        sketch_meta[sk, SK_HIST_1H : SK_HIST_1H + hll.HISTOGRAM_LEN],
-        sketch_meta[sk, SK_CLOCK_1H],
-        _div(ts, B1H_S),
-        j,
-        rank,
-    )
-    hll.ring_add(
-        sketch_regs[sk, SK_RING_24H : SK_RING_24H + N24H],
-        sketch_regs[sk, SK_WIN_24H],
-        sketch_meta[sk, SK_HIST_24H : SK_HIST_24H + hll.HISTOGRAM_LEN],
-        sketch_meta[sk, SK_CLOCK_24H],
-        _div(ts, B24H_S),
-        j,
-        rank,
-    )
+    for day in (False, True):
+        ring, window, hist, clock_word, bucket_s = _sketch_window(sketch_regs, sketch_meta, sk, day)
+        hll.ring_add(ring, window, hist, sketch_meta[sk, clock_word], _div(ts, bucket_s), j, rank)
 
 
 @njit(cache=True, nogil=True)
