@@ -154,8 +154,10 @@ async def test_smoke_load_run_measures_every_system(kafka_broker, tmp_path: Path
         assert drain["complete"], name
         assert all(rss and rss > 10 for rss in drain["peak_rss_mb"]), name
         # the bare consumers can drain the smoke topic between two CPU samples; detectors cannot
+        # (of two detectors, one may: the window is short and their partitions unequal)
         if not name.startswith("ceiling"):
-            assert drain["cpu"]["instance_cores"][0] > 0, name
+            assert sum(drain["cpu"]["instance_cores"]) > 0, name
+    assert saved["core_each_events_per_s"]["two_instances"] > 0
     # every detector's signals were read back and scored against every labelled archetype
     archetypes = {row["archetype"] for row in saved["quality"]["bulkwatch_x1"]["table"]}
     assert {"ordinary", "new_account_blaster"} <= archetypes
