@@ -218,6 +218,27 @@ async def expected_signal_ids(bootstrap: str, topics: Topics, policy: Path) -> s
     return {s.signal_id for s in reference_signals(events, load_policy(policy))}
 
 
+async def assert_every_signal_and_duplicates_only_past(
+    bootstrap: str,
+    topics: Topics,
+    events: list[Any],
+    policy: Path,
+    committed_before: dict[int, int],
+) -> None:
+    """Every signal of :func:`reference_signals` is in the signals topic (nothing lost), and one
+    written twice comes from a record past the offsets committed before the fault (at-least-once
+    re-reads only the uncommitted tail)."""
+    reference = reference_signals(events, load_policy(policy))
+    got = collections.Counter(
+        s["signal_id"] for s in parse_signals(await read_topic(bootstrap, topics.signals, 2))
+    )
+    assert set(got) == {s.signal_id for s in reference}  # nothing lost
+    triggers = trigger_offsets(events)
+    for signal_id in (i for i, n in got.items() if n > 1):
+        (trigger,) = {(s.account, s.ts) for s in reference if s.signal_id == signal_id}
+        assert any(o >= committed_before.get(p, 0) for p, o in triggers[trigger])
+
+
 async def produce_bad_records(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, str]]:
     """The contract-breaking records, keyed so they spread over partitions: (partition, offset,
     value, reason) each."""

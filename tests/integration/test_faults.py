@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -36,6 +37,7 @@ from .service_helpers import (
     START_TIMEOUT_S,
     Topics,
     account_policy,
+    assert_every_signal_and_duplicates_only_past,
     committed_offsets,
     detected_accounts,
     end_offsets,
@@ -253,6 +255,40 @@ async def topic_exists(bootstrap: str, topic: str) -> bool:
         await admin.close()
 
 
+async def _service_beside_signals_topic(
+    create_topic: Any,
+    services: Any,
+    bootstrap: str,
+    topic_name: str,
+    tmp_path: Path,
+    *,
+    name: str,
+    seed: int,
+    signals_configs: dict[str, str] | None = None,
+) -> tuple[Topics, list[Any], Path, Any]:
+    """Events (2,000 accounts' traffic, produced and read back) and dead-letter topics, the
+    signals topic only when ``signals_configs`` is given, and a service (account policy), not
+    started. Returns the topics, the events, the policy file and the service."""
+    topics = Topics(f"{topic_name}-events", f"{topic_name}-signals", f"{topic_name}-dlq")
+    await create_topic(bootstrap, topics.events, EVENT_PARTITIONS)
+    if signals_configs is not None:
+        await create_topic(bootstrap, topics.signals, 2, configs=signals_configs)
+    await create_topic(bootstrap, topics.dlq, 1)
+    policy_path = account_policy(tmp_path)
+    config = SimulatorConfig(accounts=2000, minutes=20, seed=seed)
+    await produce_simulation(bootstrap, topics.events, config)
+    events = await read_topic(bootstrap, topics.events, EVENT_PARTITIONS)
+    service = services(
+        name,
+        bootstrap,
+        topics,
+        f"{topic_name}-group",
+        # Small batches: the ones before the first signal commit, so the checks have teeth.
+        extra_args=("--policy", str(policy_path), "--batch-size", "50"),
+    )
+    return topics, events, policy_path, service
+
+
 async def test_missing_signals_topic_holds_commits_until_it_is_created(
     kafka_broker, create_topic, topic_name, services, tmp_path
 ):
@@ -260,21 +296,10 @@ async def test_missing_signals_topic_holds_commits_until_it_is_created(
     so by name, is not ready, commits no offset past a record whose signal is unwritten, and once
     the topic is created it delivers every signal without a restart."""
     bootstrap = kafka_broker.bootstrap
-    topics = Topics(f"{topic_name}-events", f"{topic_name}-signals", f"{topic_name}-dlq")
-    await create_topic(bootstrap, topics.events, EVENT_PARTITIONS)
-    await create_topic(bootstrap, topics.dlq, 1)
-    config = SimulatorConfig(accounts=2000, minutes=20, seed=17)
-    policy_path = account_policy(tmp_path)
-    produced = await produce_simulation(bootstrap, topics.events, config)
-    events = await read_topic(bootstrap, topics.events, EVENT_PARTITIONS)
-    service = services(
-        "blocked",
-        bootstrap,
-        topics,
-        f"{topic_name}-group",
-        # Small batches: the ones before the first signal commit, so the check below has teeth.
-        extra_args=("--policy", str(policy_path), "--batch-size", "50"),
+    topics, events, policy_path, service = await _service_beside_signals_topic(
+        create_topic, services, bootstrap, topic_name, tmp_path, name="blocked", seed=17
     )
+    produced = len(events)
     service.start()
 
     missing = f"output topic {topics.signals!r} does not exist"
@@ -304,17 +329,7 @@ async def test_missing_signals_topic_holds_commits_until_it_is_created(
     await service.wait_ready(timeout_s=30)
     assert f"output topic {topics.signals!r} exists now" in service.log_text()
     expected = [s.signal_id for s in reference_signals(events, load_policy(policy_path))]
-    records = await read_topic(bootstrap, topics.signals, 2)
-    got = [s["signal_id"] for s in parse_signals(records)]
-    dup = {i for i, n in collections.Counter(got).items() if n > 1}
-    print(
-        "DEBUG",
-        [
-            (r.partition, r.offset, r.timestamp, r.value[:80])
-            for r in records
-            if parse_signals([r])[0]["signal_id"] in dup
-        ],
-    )
+    got = [s["signal_id"] for s in parse_signals(await read_topic(bootstrap, topics.signals, 2))]
     assert sorted(got) == sorted(expected)
     service.send(signal.SIGTERM)
     assert await service.wait_exit() == 0
@@ -328,22 +343,17 @@ async def test_signals_topic_refusing_records_stops_the_service_before_any_commi
     offset past a record whose signal was refused; with the limit raised, a restart delivers
     every signal."""
     bootstrap = kafka_broker.bootstrap
-    topics = Topics(f"{topic_name}-events", f"{topic_name}-signals", f"{topic_name}-dlq")
-    await create_topic(bootstrap, topics.events, EVENT_PARTITIONS)
-    await create_topic(bootstrap, topics.signals, 2, configs={"max.message.bytes": "64"})
-    await create_topic(bootstrap, topics.dlq, 1)
-    config = SimulatorConfig(accounts=2000, minutes=20, seed=19)
-    policy_path = account_policy(tmp_path)
-    produced = await produce_simulation(bootstrap, topics.events, config)
-    events = await read_topic(bootstrap, topics.events, EVENT_PARTITIONS)
-    service = services(
-        "refused",
+    topics, events, policy_path, service = await _service_beside_signals_topic(
+        create_topic,
+        services,
         bootstrap,
-        topics,
-        f"{topic_name}-group",
-        # Small batches: the ones before the first signal commit, so the check below has teeth.
-        extra_args=("--policy", str(policy_path), "--batch-size", "50"),
+        topic_name,
+        tmp_path,
+        name="refused",
+        seed=19,
+        signals_configs={"max.message.bytes": "64"},
     )
+    produced = len(events)
     service.start()
     assert await service.wait_exit(timeout_s=START_TIMEOUT_S) != 0
     log_text = service.log_text()
@@ -454,15 +464,9 @@ async def test_broker_stopped_and_restarted_with_its_data_mid_stream_loses_nothi
         f"broker stop {stopped_s:.1f} s; /readyz 503 after {unready_after_s:.1f} s down; outage "
         f"{outage_s:.1f} s (resume {resumed_s:.1f} s); ready again {ready_again_s:.1f} s later"
     )
-    reference = reference_signals(events, load_policy(policy_path))
-    got = collections.Counter(
-        s["signal_id"] for s in parse_signals(await read_topic(bootstrap, topics.signals, 2))
+    await assert_every_signal_and_duplicates_only_past(
+        bootstrap, topics, events, policy_path, committed_before
     )
-    assert set(got) == {s.signal_id for s in reference}  # nothing lost
-    triggers = trigger_offsets(events)
-    for signal_id in (i for i, n in got.items() if n > 1):
-        (trigger,) = {(s.account, s.ts) for s in reference if s.signal_id == signal_id}
-        assert any(o >= committed_before.get(p, 0) for p, o in triggers[trigger])
     service.send(signal.SIGTERM)
     assert await service.wait_exit() == 0
 
