@@ -408,16 +408,20 @@ def _find_way(table, st, field, value):
     return found if found < WAYS else -1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _find_band_key(bands, key):
+    """(set, way) of band key ``key`` in the band table; way -1 when it is not stored."""
+    st = np.int64(key & np.uint64(bands.shape[0] - 1))
+    return st, _find_way(bands, st, BAND_KEY, _as_bits(key))
+
+
 @njit(cache=True, nogil=True)
 def _vote(bands, clusters, now_ms, ttl_ms, keys, m, votes_cid, votes_n):
     """Count, per live root cluster, the band keys of message m that point to it (through merges).
     Fills votes_cid/votes_n, the winner (most votes, ties: smallest id) first; returns their count."""
-    set_mask = np.uint64(bands.shape[0] - 1)
     n_votes = 0
     for band in range(keys.shape[1]):
-        key = keys[m, band]
-        st = np.int64(key & set_mask)
-        way = _find_way(bands, st, BAND_KEY, _as_bits(key))
+        st, way = _find_band_key(bands, keys[m, band])
         if way < 0:
             continue
         cid = _root(clusters, now_ms, ttl_ms, bands[st, BAND_CLUSTER, way])
@@ -486,11 +490,9 @@ def _store_bands(meta, bands, clusters, now_ms, ttl_ms, keys, m, cid, ts_ms):
     alone (one held by a cluster merged into cid is re-pointed at cid); a new key takes the first
     empty way of its set, else the least recently seen way, counted as a band eviction if that
     key was seen within the TTL (its cluster's liveness would cost a cache miss per eviction)."""
-    set_mask = np.uint64(bands.shape[0] - 1)
     for band in range(keys.shape[1]):
         key = keys[m, band]
-        st = np.int64(key & set_mask)
-        victim = _find_way(bands, st, BAND_KEY, _as_bits(key))
+        st, victim = _find_band_key(bands, key)
         if victim >= 0:
             holder = bands[st, BAND_CLUSTER, victim]
             if holder == cid:
@@ -636,12 +638,9 @@ def _prefetch_clusters_of(bands, clusters, counts, senders, recipients, keys, m,
     The cluster of the first key found is the likely one the message joins: its window counts and
     its sender and recipient pair sets too. Returns that cluster's id, or -1."""
     capacity = clusters.shape[0]
-    set_mask = np.uint64(bands.shape[0] - 1)
     likely = np.int64(-1)
     for band in range(keys.shape[1]):
-        key = keys[m, band]
-        st = np.int64(key & set_mask)
-        way = _find_way(bands, st, BAND_KEY, _as_bits(key))
+        st, way = _find_band_key(bands, keys[m, band])
         if way < 0:
             continue
         cid = bands[st, BAND_CLUSTER, way]
