@@ -162,12 +162,11 @@ class ColumnarPartitionRecords(_AIOKAFKA_PARTITION_RECORDS):
         if decompress is None:
             raise errors.UnsupportedCodecError(f"unknown compression codec {codec}")
         start, end = int(batches.start[b]), int(batches.end[b])
-        count = int.from_bytes(fetch[start + 57 : start + 61].tobytes(), "big", signed=True)
         body = decompress(fetch[start + kr.BATCH_HEADER_BYTES : end].tobytes())
         scanned = kr.scan_records(
             np.frombuffer(body, dtype=np.uint8),
             int(batches.base_offset[b]),
-            count,
+            int(batches.record_count[b]),
             self.next_fetch_offset,
         )
         if scanned is None:

@@ -53,11 +53,29 @@ class RecordBatches(NamedTuple):
     )  # int64: offset after the batch's last (baseOffset + lastOffsetDelta + 1)
     attributes: np.ndarray  # int32
     producer_id: np.ndarray  # int64 (-1: not idempotent)
+    record_count: np.ndarray  # int32: records in the batch (compressed or not)
     crc: np.ndarray  # uint32: as stored
     status: np.ndarray  # int8: BATCH_OK, BATCH_LEGACY or BATCH_CORRUPT
     control_type: np.ndarray  # int16: NO_CONTROL, or the control record's type (0 abort, 1 commit)
     record_begin: np.ndarray  # int64: the batch's records are rows [begin, end) of RecordValues
     record_end: np.ndarray  # int64
+
+
+_BATCH_DTYPES = {
+    "start": np.int64,
+    "end": np.int64,
+    "base_offset": np.int64,
+    "next_offset": np.int64,
+    "attributes": np.int32,
+    "producer_id": np.int64,
+    "record_count": np.int32,
+    "crc": np.uint32,
+    "status": np.int8,
+    "control_type": np.int16,
+    "record_begin": np.int64,
+    "record_end": np.int64,
+}
+assert tuple(_BATCH_DTYPES) == RecordBatches._fields
 
 
 class RecordValues(NamedTuple):
@@ -73,19 +91,7 @@ def scan_batches(fetch: np.ndarray, min_offset: int) -> tuple[RecordBatches, Rec
     ``min_offset`` on (a fetch may start inside a batch: the records before it were consumed)."""
     _check_bytes(fetch, "fetch")
     max_batches = fetch.size // BATCH_HEADER_BYTES + 1
-    batch_columns = (
-        np.empty(max_batches, np.int64),
-        np.empty(max_batches, np.int64),
-        np.empty(max_batches, np.int64),
-        np.empty(max_batches, np.int64),
-        np.empty(max_batches, np.int32),
-        np.empty(max_batches, np.int64),
-        np.empty(max_batches, np.uint32),
-        np.empty(max_batches, np.int8),
-        np.empty(max_batches, np.int16),
-        np.empty(max_batches, np.int64),
-        np.empty(max_batches, np.int64),
-    )
+    batch_columns = tuple(np.empty(max_batches, dtype) for dtype in _BATCH_DTYPES.values())
     offset, bounds, values = _new_values(fetch.size // MIN_RECORD_BYTES + 1, fetch.size)
     n_batches, n_records = _scan_batches(fetch, min_offset, *batch_columns, offset, bounds, values)
     batches = RecordBatches(*(column[:n_batches] for column in batch_columns))
@@ -220,6 +226,7 @@ def _scan_batches(
     next_offset,
     attributes,
     producer_id,
+    record_count,
     crc,
     status,
     control_type,
@@ -249,6 +256,7 @@ def _scan_batches(
             next_offset[b] = base_offset[b] + 1
             attributes[b] = 0
             producer_id[b] = -1
+            record_count[b] = 0
             crc[b] = 0
             b += 1
             if batch_end <= pos:
@@ -260,7 +268,7 @@ def _scan_batches(
         attributes[b] = _be(fetch, pos + 21, 2)
         next_offset[b] = base_offset[b] + _signed(_be(fetch, pos + 23, 4), 32) + 1
         producer_id[b] = _signed(_be(fetch, pos + 43, 8), 64)
-        count = _signed(_be(fetch, pos + 57, 4), 32)
+        record_count[b] = _signed(_be(fetch, pos + 57, 4), 32)
         body = pos + BATCH_HEADER_BYTES
         if attributes[b] & ATTR_CONTROL:
             control_type[b] = _control_type(fetch, body, batch_end)
@@ -268,7 +276,16 @@ def _scan_batches(
                 status[b] = BATCH_CORRUPT
         elif (attributes[b] & ATTR_COMPRESSION_MASK) == 0:
             walked = _walk_records(
-                fetch, body, batch_end, base_offset[b], count, min_offset, offset, bounds, values, n
+                fetch,
+                body,
+                batch_end,
+                base_offset[b],
+                record_count[b],
+                min_offset,
+                offset,
+                bounds,
+                values,
+                n,
             )
             if walked < 0:
                 status[b] = BATCH_CORRUPT
