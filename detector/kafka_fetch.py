@@ -91,19 +91,15 @@ class ColumnarPartitionRecords(_AIOKAFKA_PARTITION_RECORDS):
     """One partition's fetch answer, handed out as :class:`PackedRecords` items."""
 
     def _unpack_records(self) -> Iterator[PackedRecords]:  # type: ignore[override]
-        raw = getattr(self._records, "raw", None)
-        fetch = None if raw is None else np.frombuffer(raw, dtype=np.uint8)
-        if fetch is None:
-            yield from self._chunks_of_records(super()._unpack_records())
-            return
+        fetch = np.frombuffer(self._records.raw, dtype=np.uint8)  # install() keeps the bytes
         batches, values = kr.scan_batches(fetch, self.next_fetch_offset)
         if np.any(batches.status != kr.BATCH_OK):
             # Legacy formats and malformed batches: aiokafka's parser reads (or rejects) them.
             yield from self._chunks_of_records(super()._unpack_records())
             return
-        kept = self._kept_parts(fetch, batches, values)
-        records = PackedRecords.concat(kept) if kept else None
-        if records is not None and len(records):
+        kept = self._kept_parts(fetch, batches, values)  # non-empty parts
+        if kept:
+            records = PackedRecords.concat(kept)
             for start in range(0, len(records), CHUNK_RECORDS):
                 chunk = records[start : start + CHUNK_RECORDS]
                 self.next_fetch_offset = int(chunk.offsets[-1]) + 1

@@ -416,9 +416,7 @@ class KafkaSource:
     async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, PackedRecords]:
         """Up to ``batch_size`` records, waiting at most ``batch_max_wait_ms`` to fill the batch."""
         deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000
-        merged: dict[TopicPartition, list[PackedRecords | ConsumerRecord]] = {
-            tp: [records] for tp, records in self._carried.items()
-        }
+        merged = {tp: [records] for tp, records in self._carried.items()}
         total = sum(len(records) for records in self._carried.values())
         self._carried = {}
         # getmany's max_records counts its items: columnar chunks, or records
@@ -432,17 +430,18 @@ class KafkaSource:
             if not got:
                 break
             for tp, items in got.items():
-                merged.setdefault(tp, []).extend(items)
-                total += sum(len(item) for item in items) if per_item > 1 else len(items)
-        return self._cut({tp: packed(items) for tp, items in merged.items()}, total)
+                records = packed(items)
+                merged.setdefault(tp, []).append(records)
+                total += len(records)
+        return self._cut({tp: PackedRecords.concat(parts) for tp, parts in merged.items()})
 
     def _cut(
-        self, batch: dict[TopicPartition, PackedRecords], total: int
+        self, batch: dict[TopicPartition, PackedRecords]
     ) -> dict[TopicPartition, PackedRecords]:
         """The batch without what exceeds ``batch_size`` (columnar items hold up to a chunk of
         records each): that is carried over to the next batch. Nothing of it is committed, so a
         carry that a revoke or restore drops is read again by the partition's next reader."""
-        excess = total - self.settings.batch_size
+        excess = sum(map(len, batch.values())) - self.settings.batch_size
         for tp in reversed(list(batch)):
             if excess <= 0:
                 break
