@@ -28,6 +28,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from bench.load import build_workload, produce
 from detector.policy import load_policy
 from detector.simulator import SimulatorConfig, event_counts, labels
 from detector.sinks import produce_simulation
@@ -513,14 +514,20 @@ async def test_burst_of_ten_times_the_sustained_rate_raises_lag_that_drains_with
             await asyncio.sleep(0.25)
 
     scraper = asyncio.create_task(scrape())
-    rate = 1500.0
-    sustained = SimulatorConfig(accounts=1000, minutes=20, seed=31)  # ~8,000 events
-    burst = SimulatorConfig(accounts=5000, minutes=20, seed=37)  # ~40,000 events
+    # The service consumes far faster than this process produces record by record, so the burst
+    # comes from the load harness's producer (hundreds of thousands of records a second), paced at
+    # ten times the sustained rate: more than the service consumes beside it on this machine.
+    rate = 20_000.0
+    sustained = SimulatorConfig(accounts=3000, minutes=20, seed=31)  # ~24,000 events
+    burst = build_workload(
+        SimulatorConfig(accounts=15000, minutes=20, seed=37), 1, EVENT_PARTITIONS
+    )  # ~120,000 events
     tail = SimulatorConfig(accounts=1000, minutes=20, seed=41)
     produced = await produce_simulation(bootstrap, topics.events, sustained, rate_per_s=rate)
     baseline_rss = max(rss for *_, rss in samples)
     burst_from = loop.time() - started
-    produced += await produce_simulation(bootstrap, topics.events, burst, rate_per_s=10 * rate)
+    await produce(bootstrap, topics.events, burst, len(burst), rate_per_s=10 * rate)
+    produced += len(burst)
     burst_to = loop.time() - started
     produced += await produce_simulation(bootstrap, topics.events, tail, rate_per_s=rate)
     await wait_caught_up(bootstrap, service.group, topics.events, services=[service])
