@@ -119,8 +119,9 @@ from numba.cpython.unsafe.numbers import leading_zeros
 from . import hll
 from .hashtable import MAX_TABLE_CAPACITY, fingerprint32, home_slot, prefetch
 
-# 2: pair placement (_pair_home) changed; 3: compact heavy rows; 4: 704-byte, line-aligned heavy rows
-LAYOUT_VERSION = 4
+# 2: pair placement (_pair_home) changed; 3: compact heavy rows; 4: 704-byte, line-aligned heavy rows;
+# 5: newest-recipient bits in the light log
+LAYOUT_VERSION = 5
 
 # Event types and flag bits of the columnar batch (docs/architecture.md).
 MESSAGE, REGISTRATION, REPORT, BLOCK, GROUP_CREATE, GROUP_ADD = 0, 1, 2, 3, 4, 5
@@ -173,13 +174,20 @@ META_CREATED_FROM_REG = 1 << 11
 # (every later message is newer, since lateness < GAP_CAP_MS). Until then the latest message is
 # less than GAP_CAP_MS + MAX_TTL_S behind the clock, which is < 2**32 ms, so its low 32 bits suffice.
 META_LAST_MSG_STALE = 1 << 12
-# A log tag: valid bit | no-peer bit | flags (8 bits) | type (3 bits) | event second mod 2**18.
-# The second is recovered from the account clock: entries are never older than 25 h (they are
-# dropped when they leave their windows) and the log is wiped if the clock jumps 2**17 s at once.
+# A log tag: valid bit | newest bit | no-peer bit | flags (8 bits) | type (3 bits) | event second
+# mod 2**18. The second is recovered from the account clock: entries are never older than 25 h (they
+# are dropped when they leave their windows) and the log is wiped if the clock jumps 2**17 s at once.
+# Distinct recipients are kept at append time: of the messages to one recipient, the newest (latest
+# second, the last appended on a tie) has TAG_NEWEST, and of the business ones TAG_NEWEST_BUSINESS
+# (in the place of the GROUP_CHAT flag, which no feature reads). Messages leave the log oldest
+# first, so the newest of a recipient is its last to leave: the features count these bits.
 TAG_TS_MASK = (1 << 18) - 1
 TAG_TYPE_SHIFT = 18
 TAG_FLAGS_SHIFT = 21
+LOG_FLAGS = 0xFC  # the flags the log keeps (CONTACT_KNOWN .. BUSINESS)
+TAG_NEWEST_BUSINESS = 1 << TAG_FLAGS_SHIFT
 TAG_NO_PEER = 1 << 29
+TAG_NEWEST = 1 << 30
 TAG_VALID = 1 << 31
 LOG_WIPE_S = 1 << 17
 
@@ -719,89 +727,103 @@ def _light_advance(rows, slot, now):
 @njit(cache=True, nogil=True, inline="always")
 def _light_store(rows, slot, ts, event_type, flags8, aux, no_peer):
     """Append an event to the log; False if the log is full (the account must be promoted)."""
-    if not _relevant(event_type, ts, np.int64(rows[slot, L_NOW])):
+    now = np.int64(rows[slot, L_NOW])
+    if not _relevant(event_type, ts, now):
         return True
+    tag = TAG_VALID | (ts & TAG_TS_MASK) | (event_type << TAG_TYPE_SHIFT)
+    tag |= (flags8 & LOG_FLAGS) << TAG_FLAGS_SHIFT
+    business = event_type == MESSAGE and (flags8 & BUSINESS) != 0
+    if no_peer:
+        tag |= TAG_NO_PEER
+    elif event_type == MESSAGE:
+        tag |= TAG_NEWEST | (TAG_NEWEST_BUSINESS if business else 0)
+    free = -1
     for k in range(LOG_SLOTS):
-        if rows[slot, L_LOG + 2 * k] == 0:
-            tag = TAG_VALID | (ts & TAG_TS_MASK) | (event_type << TAG_TYPE_SHIFT)
-            tag |= flags8 << TAG_FLAGS_SHIFT
-            if no_peer:
-                tag |= TAG_NO_PEER
-            rows[slot, L_LOG + 2 * k] = tag
-            rows[slot, L_LOG + 2 * k + 1] = aux
-            return True
-    return False
+        other = np.int64(rows[slot, L_LOG + 2 * k])
+        if other == 0:
+            if free < 0:
+                free = k
+            continue
+        if (
+            event_type != MESSAGE
+            or no_peer
+            or other & (TAG_NEWEST | TAG_NEWEST_BUSINESS) == 0
+            or rows[slot, L_LOG + 2 * k + 1] != aux
+            or (other >> TAG_TYPE_SHIFT) & 7 != MESSAGE
+        ):
+            continue
+        # A message to the same recipient that holds a newest bit: keep the bit on the later one.
+        if _log_ts(other, now) > ts:
+            tag &= ~np.int64(TAG_NEWEST if other & TAG_NEWEST else 0)
+            tag &= ~np.int64(TAG_NEWEST_BUSINESS if other & TAG_NEWEST_BUSINESS else 0)
+        else:
+            other &= ~np.int64(TAG_NEWEST)
+            if business:
+                other &= ~np.int64(TAG_NEWEST_BUSINESS)
+            rows[slot, L_LOG + 2 * k] = other
+    if free < 0:
+        return False
+    rows[slot, L_LOG + 2 * free] = tag
+    rows[slot, L_LOG + 2 * free + 1] = aux
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _popcount64(x):
+    x = x - ((x >> 1) & 0x5555555555555555)
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    return (x * 0x0101010101010101) >> 56
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _light_features(rows, slot, counts, reals, active_hours, i):
+    """Features from the log. Every entry still counts in its longest window (the clock's
+    advance dropped the others), and entry fields are summed as 0/1 values rather than branched
+    on: they are data, their branches mispredict."""
     now = np.int64(rows[slot, L_NOW])
+    lo_15s = _div(now, B15S_S) - N15S
+    lo_1m = _div(now, B1M_S) - N1M
+    lo_15m = _div(now, B15M_S) - N15M
     lo_1h = _div(now, B1H_S) - N1H
     m15s = m1m = m15m = m1h = m24 = 0
     known = non_contact = forwarded = typing_known = no_typing = 0
     groups = members = reports = blocks = 0
-    recipients_1h = recipients_24h = business = hours = 0
+    recipients_1h = recipients_24h = business = 0
+    hours = np.uint64(0)  # bit (hour mod 64) of every message: 24 hours map to distinct bits
     for k in range(LOG_SLOTS):
         tag = np.int64(rows[slot, L_LOG + 2 * k])
         if tag == 0:
             continue
         event_type = (tag >> TAG_TYPE_SHIFT) & 7
         ts = _log_ts(tag, now)
-        in_1h = _div(ts, B1H_S) > lo_1h
-        if event_type == MESSAGE:
-            flags = (tag >> TAG_FLAGS_SHIFT) & 0xFF
-            has_peer = (tag & TAG_NO_PEER) == 0
-            fp = rows[slot, L_LOG + 2 * k + 1]
-            new_24h = has_peer
-            new_1h = has_peer and in_1h
-            new_business = has_peer and (flags & BUSINESS) != 0
-            new_hour = True
-            for q in range(k):  # first occurrence among the log entries before this one?
-                tag2 = np.int64(rows[slot, L_LOG + 2 * q])
-                if tag2 == 0 or (tag2 >> TAG_TYPE_SHIFT) & 7 != MESSAGE:
-                    continue
-                ts2 = _log_ts(tag2, now)
-                if _div(ts2, B24H_S) == _div(ts, B24H_S):
-                    new_hour = False
-                if (tag2 & TAG_NO_PEER) == 0 and rows[slot, L_LOG + 2 * q + 1] == fp:
-                    new_24h = False
-                    if _div(ts2, B1H_S) > lo_1h:
-                        new_1h = False
-                    if (tag2 >> TAG_FLAGS_SHIFT) & BUSINESS:
-                        new_business = False
-            m24 += 1
-            recipients_24h += new_24h
-            recipients_1h += new_1h
-            business += new_business
-            hours += new_hour
-            if in_1h:
-                m1h += 1
-                if flags & CONTACT_KNOWN:
-                    known += 1
-                    if not flags & IN_CONTACTS:
-                        non_contact += 1
-                if flags & FORWARDED:
-                    forwarded += 1
-                if flags & TYPING_KNOWN:
-                    typing_known += 1
-                    if not flags & TYPING:
-                        no_typing += 1
-            if _in_window(ts, now, B15M_S, N15M):
-                m15m += 1
-            if _in_window(ts, now, B1M_S, N1M):
-                m1m += 1
-            if _in_window(ts, now, B15S_S, N15S):
-                m15s += 1
-        elif event_type == GROUP_CREATE:
-            if in_1h:
-                groups += 1
-        elif event_type == GROUP_ADD:
-            if in_1h:
-                members += np.int64(rows[slot, L_LOG + 2 * k + 1])
-        elif event_type == REPORT:
-            reports += 1
-        elif event_type == BLOCK:
-            blocks += 1
+        flags = tag >> TAG_FLAGS_SHIFT
+        message = np.int64(event_type == MESSAGE)
+        in_1h = np.int64(_div(ts, B1H_S) > lo_1h)
+        message_1h = message & in_1h
+        m24 += message
+        m1h += message_1h
+        m15m += message & np.int64(_div(ts, B15M_S) > lo_15m)
+        m1m += message & np.int64(_div(ts, B1M_S) > lo_1m)
+        m15s += message & np.int64(_div(ts, B15S_S) > lo_15s)
+        contact_known = message_1h & (flags >> 2)
+        known += contact_known
+        non_contact += contact_known & ~(flags >> 3)
+        forwarded += message_1h & (flags >> 4)
+        typing = message_1h & (flags >> 5)
+        typing_known += typing
+        no_typing += typing & ~(flags >> 6)
+        newest = (tag >> 30) & 1
+        recipients_24h += newest
+        recipients_1h += newest & in_1h
+        business += flags & 1
+        hours |= np.uint64(message) << np.uint64(_div(ts, B24H_S) & 63)
+        groups += np.int64(event_type == GROUP_CREATE) & in_1h
+        members += (np.int64(event_type == GROUP_ADD) & in_1h) * np.int64(
+            rows[slot, L_LOG + 2 * k + 1]
+        )
+        reports += np.int64(event_type == REPORT)
+        blocks += np.int64(event_type == BLOCK)
     counts[O_MSGS_15S, i] = m15s
     counts[O_MSGS_1M, i] = m1m
     counts[O_MSGS_15M, i] = m15m
@@ -819,7 +841,7 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
     reals[O_RECIPIENTS_1H, i] = recipients_1h
     reals[O_RECIPIENTS_24H, i] = recipients_24h
     reals[O_BUSINESS, i] = business
-    active_hours[i] = hours
+    active_hours[i] = _popcount64(hours)
 
 
 # --------------------------------------------------------------------------------------------
@@ -839,12 +861,15 @@ def _leaving_buckets(old, now, bucket_s, n_buckets):
 def _slide_small(heavy, heavy16, hidx, ring, total, n_buckets, bucket_s, old, now):
     """Clear the leaving buckets of a ring of single 16-bit counts (half index ``ring``)."""
     lo, hi = _leaving_buckets(old, now, bucket_s, n_buckets)
+    if hi - lo == n_buckets:  # the whole window left (a quiet account): no sums to keep
+        heavy16[hidx, ring : ring + n_buckets] = 0
+        heavy[hidx, total] = 0
+        return
+    # Unconditional: which buckets are empty is data, branches on it mispredict.
     for b in range(lo, hi):
         q = ring + _mod(b, n_buckets)
-        v = heavy16[hidx, q]
-        if v != 0:
-            heavy[hidx, total] -= v
-            heavy16[hidx, q] = 0
+        heavy[hidx, total] -= heavy16[hidx, q]
+        heavy16[hidx, q] = 0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -856,30 +881,30 @@ def _heavy_advance(heavy, heavy16, hidx, now):
     _slide_small(heavy, heavy16, hidx, Q_RING_1M, H_TOT_1M, N1M, B1M_S, old, now)
     _slide_small(heavy, heavy16, hidx, Q_RING_15M, H_TOT_15M, N15M, B15M_S, old, now)
     lo, hi = _leaving_buckets(old, now, B1H_S, N1H)
-    for b in range(lo, hi):
-        w = H_RING_1H + _mod(b, N1H) * B1H_WORDS
-        for f in range(NF1_HALVES):
-            v = heavy16[hidx, 2 * w + f]
-            if v != 0:
-                heavy[hidx, H_TOT_1H + f] -= v
-                heavy16[hidx, 2 * w + f] = 0
-        v = heavy[hidx, w + B1H_WORDS - 1]
-        if v != 0:
-            heavy[hidx, H_TOT_1H + F1_MEMBERS] -= v
-            heavy[hidx, w + B1H_WORDS - 1] = 0
+    if hi - lo == N1H:
+        heavy[hidx, H_RING_1H : H_RING_1H + N1H * B1H_WORDS] = 0
+        heavy[hidx, H_TOT_1H : H_TOT_1H + NF1] = 0
+    else:
+        for b in range(lo, hi):
+            w = H_RING_1H + _mod(b, N1H) * B1H_WORDS
+            for f in range(NF1_HALVES):
+                heavy[hidx, H_TOT_1H + f] -= heavy16[hidx, 2 * w + f]
+            heavy[hidx, H_TOT_1H + F1_MEMBERS] -= heavy[hidx, w + B1H_WORDS - 1]
+            heavy[hidx, w : w + B1H_WORDS] = 0
     lo, hi = _leaving_buckets(old, now, B24H_S, N24H)
-    for b in range(lo, hi):
-        w = H_RING_24H + _mod(b, N24H) * B24H_WORDS
-        v = heavy[hidx, w]
-        if v != 0:
-            heavy[hidx, H_ACTIVE_HOURS] -= 1
+    if hi - lo == N24H:
+        heavy[hidx, H_RING_24H : H_RING_24H + N24H * B24H_WORDS] = 0
+        heavy[hidx, H_TOT_24H : H_TOT_24H + NF24] = 0
+        heavy[hidx, H_ACTIVE_HOURS] = 0
+    else:
+        for b in range(lo, hi):
+            w = H_RING_24H + _mod(b, N24H) * B24H_WORDS
+            v = heavy[hidx, w]
+            heavy[hidx, H_ACTIVE_HOURS] -= v != 0
             heavy[hidx, H_TOT_24H + F24_MSGS] -= v
-            heavy[hidx, w] = 0
-        for f in range(1, NF24):
-            v = heavy16[hidx, 2 * w + f + 1]
-            if v != 0:
-                heavy[hidx, H_TOT_24H + f] -= v
-                heavy16[hidx, 2 * w + f + 1] = 0
+            for f in range(1, NF24):
+                heavy[hidx, H_TOT_24H + f] -= heavy16[hidx, 2 * w + f + 1]
+            heavy[hidx, w : w + B24H_WORDS] = 0
     heavy[hidx, H_CLOCK] = now
 
 
@@ -1265,7 +1290,7 @@ def _promote(
             continue
         _heavy_apply(
             heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, hidx, _log_ts(tag, now),
-            (tag >> TAG_TYPE_SHIFT) & 7, (tag >> TAG_FLAGS_SHIFT) & 0xFF,
+            (tag >> TAG_TYPE_SHIFT) & 7, (tag >> TAG_FLAGS_SHIFT) & LOG_FLAGS,
             np.int64(rows[slot, L_LOG + 2 * k + 1]), (tag & TAG_NO_PEER) == 0, dead_hour, exact,
         )  # fmt: skip
         rows[slot, L_LOG + 2 * k] = 0
