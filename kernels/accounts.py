@@ -480,22 +480,21 @@ def _set_i64(rows, slot, word, value):
 @njit(cache=True, nogil=True, inline="always")
 def encode_gap_ms(ms):
     """16-bit minifloat of a gap in ms: exact below 4096, else 12 significant bits (truncated)."""
-    if ms < 4096:
-        return np.int64(ms)
-    e = 64 - np.int64(leading_zeros(np.uint64(ms))) - 12
+    # Shift e keeps 12 significant bits; code = e * 2048 + (ms >> e), which is ms itself for e = 0
+    # (one formula, no branch on the gap's size: gaps are data).
+    e = max(64 - np.int64(leading_zeros(np.uint64(ms))) - 12, 0)
     if e > 30:
         return np.int64(65535)
-    return 4096 + (e - 1) * 2048 + ((ms >> e) - 2048)
+    return e * 2048 + (np.int64(ms) >> e)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def decode_gap_ms(code):
     """Gap in ms of a code from :func:`encode_gap_ms` (the middle of its range), as int."""
     code = np.int64(code)
-    if code < 4096:
-        return code
-    e = (code >> 11) - 1
-    return (((code & 2047) | 2048) << e) + (np.int64(1) << (e - 1))
+    e = max((code >> 11) - 1, 1)  # clamped so the shifts stay defined where the code is the gap
+    wide = (((code & 2047) | 2048) << e) + (np.int64(1) << (e - 1))
+    return code if code < 4096 else wide
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -1341,24 +1340,17 @@ def _row_features(rows, slot, ts_ms, reals, gap_counts, i):
     meta = np.int64(rows[slot, L_META])
     count = meta & 0x1F
     gap_counts[i] = count
-    if count == 0:
-        reals[O_GAP_MEAN, i] = np.nan
-        reals[O_GAP_CV, i] = np.nan
-    else:
-        # std / mean = sqrt(n * sum(g^2) - sum(g)^2) / sum(g), from exact integer running sums
-        total = np.int64(rows[slot, L_GAP_SUM])
-        reals[O_GAP_MEAN, i] = total / count / 1000.0
-        if count < GAP_MIN:
-            reals[O_GAP_CV, i] = np.nan
-        elif total == 0:
-            reals[O_GAP_CV, i] = 0.0
-        else:
-            spread = count * _get_i64(rows, slot, L_GAP_SQUARES) - total * total
-            reals[O_GAP_CV, i] = math.sqrt(spread) / total
-    if meta & META_CREATED_KNOWN:
-        reals[O_AGE, i] = (ts_ms - np.int64(rows[slot, L_CREATED]) * 1000) / 1000.0
-    else:
-        reals[O_AGE, i] = np.nan
+    # Every value is computed and the defined one selected: how many gaps an account has is data.
+    # std / mean = sqrt(n * sum(g^2) - sum(g)^2) / sum(g), from exact integer running sums; all
+    # gaps 0 gives 0 / 1.
+    total = np.int64(rows[slot, L_GAP_SUM])
+    spread = count * _get_i64(rows, slot, L_GAP_SQUARES) - total * total
+    mean_s = total / max(count, 1) / 1000.0
+    cv = math.sqrt(spread) / max(total, 1)
+    age_s = (ts_ms - np.int64(rows[slot, L_CREATED]) * 1000) / 1000.0
+    reals[O_GAP_MEAN, i] = mean_s if count > 0 else np.nan
+    reals[O_GAP_CV, i] = cv if count >= GAP_MIN else np.nan
+    reals[O_AGE, i] = age_s if meta & META_CREATED_KNOWN else np.nan
 
 
 @njit(cache=True, nogil=True, inline="always")
