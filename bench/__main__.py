@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--account-capacity", type=int, help="bulkwatch account table per partition")
     load.add_argument(
+        "--instance-cpus",
+        type=float,
+        help="CPU limit per instance of the fixed-budget scale-out runs (cgroup quota; 0: skip; "
+        "default: leave 0.8 cores to the broker and harness, at most 1 each)",
+    )
+    load.add_argument(
         "--policy", type=Path, help="policy file for bulkwatch and the naive detector"
     )
     load.add_argument(
@@ -169,6 +175,7 @@ def _load(args: argparse.Namespace) -> int:
         "naive_max_seconds",
         "drain_timeout_s",
         "account_capacity",
+        "instance_cpus",
         "policy",
         "keep_topics",
         "progress",

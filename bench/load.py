@@ -61,6 +61,8 @@ from detector.policy import BanSignal, load_policy
 from detector.replay import PolicyOutcome, overall_quality, quality_table
 from detector.simulator import Label, SimulatorConfig, SimulatorSource, labels
 
+from . import cpulimit
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_ROOT = REPO_ROOT / "bench" / "results"
 LOCAL_KAFKA_SCRIPT = REPO_ROOT / "deploy" / "local-kafka.sh"
@@ -94,6 +96,16 @@ class LoadOptions:
     policy: Path | None = None
     keep_topics: bool = False
     progress: bool = True
+    # CPU limit of each instance in the fixed-budget scale-out runs; None: what leaves 0.8 cores
+    # of this machine to the broker and the harness with two instances (at most one core each).
+    instance_cpus: float | None = None
+
+    def cpus_per_instance(self) -> float:
+        """The CPU limit of each instance in the fixed-budget runs (0: no such runs)."""
+        if self.instance_cpus is not None:
+            return self.instance_cpus
+        spare = ((os.cpu_count() or 1) - 0.8) / 2
+        return max(0.0, round(min(1.0, spare), 1))
 
     @classmethod
     def smoke(cls, **changes: Any) -> LoadOptions:
@@ -559,13 +571,14 @@ class Instance(abc.ABC):
     def __init__(self, name: str, command: list[str], log_dir: Path) -> None:
         self.name = name
         self.command = command
-        self.cpu: int | None = None  # set before start: run on this core only (taskset)
+        self.cpu_limit: cpulimit.CpuLimit | None = None  # set before start: a CPU limit
         self.log_path = log_dir / f"{name}.log"
         self.process: asyncio.subprocess.Process | None = None
         self.ps: psutil.Process | None = None
         self.started_at = 0.0
         self.peak_rss: int | None = None
         self.final_cpu_s: float | None = None
+        self.throttled_s: float | None = None  # held back by the CPU limit
         self._log: TextIO | None = None
 
     @property
@@ -576,9 +589,10 @@ class Instance(abc.ABC):
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
-        command = (
-            self.command if self.cpu is None else ["taskset", "-c", str(self.cpu), *self.command]
-        )
+        command = self.command
+        if self.cpu_limit is not None:
+            self.cpu_limit.start()
+            command = self.cpu_limit.wrap(command)
         self._log.write("$ " + " ".join(command) + "\n")
         self._log.flush()
         self.started_at = time.time()
@@ -636,6 +650,8 @@ class Instance(abc.ABC):
         if self.alive():
             self.peak_rss = _peak_rss_bytes(self.pid)
             self.final_cpu_s = self.cpu_s()
+            if self.cpu_limit is not None:
+                self.throttled_s = self.cpu_limit.throttled_s()
 
     async def stop(self, timeout_s: float = 45.0) -> int | None:
         if self.process is None:
@@ -651,6 +667,8 @@ class Instance(abc.ABC):
                     self.process.kill()
                 await self.process.wait()
         await self._after_stop()
+        if self.cpu_limit is not None:
+            self.cpu_limit.stop()
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -1054,7 +1072,7 @@ def _make_instances(
     signals_topic: str | None,
     dlq_topic: str | None,
     *,
-    core_each: bool = False,
+    cpu_limit: float | None = None,
 ) -> list[Instance]:
     o = ctx.options
     instances: list[Instance] = []
@@ -1091,8 +1109,8 @@ def _make_instances(
                     policy=ctx.policy_path,
                 )
             )
-        if core_each:
-            instances[-1].cpu = i % (os.cpu_count() or 1)
+        if cpu_limit:
+            instances[-1].cpu_limit = cpulimit.CpuLimit(cpu_limit, f"{ctx.prefix}-{name}")
     ctx.instances_started.extend(instances)
     return instances
 
@@ -1140,15 +1158,15 @@ async def drain_phase(
     target_offsets: dict[int, int],
     *,
     timeout_s: float,
-    core_each: bool = False,
+    cpu_limit: float | None = None,
 ) -> dict[str, Any]:
     """Consume the pre-produced ``topic`` up to ``target_offsets`` and measure the steady state
-    (``core_each``: instance i runs on core i only)."""
+    (``cpu_limit``: each instance may use that many CPUs)."""
     o = ctx.options
     group = f"{ctx.prefix}-{label}"
     signals_topic, dlq_topic = await _output_topics(ctx, system, label)
     instances = _make_instances(
-        ctx, system, n_instances, label, topic, group, signals_topic, dlq_topic, core_each=core_each
+        ctx, system, n_instances, label, topic, group, signals_topic, dlq_topic, cpu_limit=cpu_limit
     )
     total = sum(target_offsets.values())
     sampler = Sampler(
@@ -1204,7 +1222,8 @@ async def drain_phase(
     result: dict[str, Any] = {
         "system": system,
         "instances": n_instances,
-        "core_each": core_each,
+        "cpu_limit": cpu_limit,
+        "throttled_s": [instance.throttled_s for instance in instances] if cpu_limit else None,
         "label": label,
         "group": group,
         "signals_topic": signals_topic,
@@ -1538,20 +1557,24 @@ async def _run_phases(ctx: RunContext) -> dict[str, Any]:
     drains["bulkwatch_x2"] = await drain_phase(
         ctx, "bulkwatch", 2, "bulkwatch-x2", events_topic, everything, timeout_s=o.drain_timeout_s
     )
-    if (os.cpu_count() or 1) >= 2:
-        # Scale-out with a fixed CPU budget per instance (the deployment requests one core each):
-        # one instance on core 0, then two on cores 0 and 1.
+    # Scale-out with a fixed CPU budget per instance, as a Kubernetes CPU limit gives each pod: the
+    # limits leave cores to the broker and the harness, which unlimited instances would take.
+    cpus = o.cpus_per_instance()
+    no_limits = cpulimit.unavailable_reason() if cpus > 0 else "too few cores for two limits"
+    if no_limits is None:
         for n in (1, 2):
-            drains[f"bulkwatch_x{n}_core_each"] = await drain_phase(
+            drains[f"bulkwatch_x{n}_cpu_limit"] = await drain_phase(
                 ctx,
                 "bulkwatch",
                 n,
-                f"bulkwatch-x{n}-core-each",
+                f"bulkwatch-x{n}-cpu-limit",
                 events_topic,
                 everything,
                 timeout_s=o.drain_timeout_s,
-                core_each=True,
+                cpu_limit=cpus,
             )
+    else:
+        progress.say(f"- no runs with a CPU limit per instance: {no_limits}")
     drains["naive_x1"] = await drain_phase(
         ctx, "naive", 1, "naive-x1", events_topic, round0, timeout_s=o.naive_max_seconds
     )
@@ -1592,7 +1615,9 @@ async def _run_phases(ctx: RunContext) -> dict[str, Any]:
         sweep["latency_s"] = _percentiles(latencies)
         sweep["append_time"] = all(ts_type == 1 for _, _, ts_type in signals)
         sweep["latencies_s"] = np.sort(latencies).round(4).tolist()
-    return summarise(drains, sweeps, quality, producer_events_per_s=log.events_per_s)
+    results = summarise(drains, sweeps, quality, producer_events_per_s=log.events_per_s)
+    results["cpu_limit_events_per_s"].update(cpus_each=cpus, unavailable=no_limits)
+    return results
 
 
 def summarise(
@@ -1608,8 +1633,8 @@ def summarise(
     bulkwatch = drains["bulkwatch_x1"]["events_per_s"]
     two = drains["bulkwatch_x2"]["events_per_s"]
     ceiling_two = drains["ceiling_x2"]["events_per_s"]
-    one_core = drains.get("bulkwatch_x1_core_each", {}).get("events_per_s")
-    two_cores = drains.get("bulkwatch_x2_core_each", {}).get("events_per_s")
+    one_limited = drains.get("bulkwatch_x1_cpu_limit", {}).get("events_per_s")
+    two_limited = drains.get("bulkwatch_x2_cpu_limit", {}).get("events_per_s")
     half = [s for s in sweeps if s["system"] == "bulkwatch" and s["load_share"] == 0.5]
     p99_half = half[0]["latency_s"]["p99"] if half and half[0].get("latency_s") else None
 
@@ -1621,9 +1646,9 @@ def summarise(
         "bulkwatch_vs_naive": {"want": ">= 10", "measured": ratio(bulkwatch, naive)},
         "p99_latency_s_at_half_load": {"want": "< 1.0", "measured": p99_half},
         "two_instances_vs_one": {"want": ">= 1.6", "measured": ratio(two, bulkwatch)},
-        "two_instances_vs_one_core_each": {
+        "two_instances_vs_one_cpu_limit": {
             "want": ">= 1.6",
-            "measured": ratio(two_cores, one_core),
+            "measured": ratio(two_limited, one_limited),
         },
     }
     for name, target in targets.items():
@@ -1644,7 +1669,7 @@ def summarise(
         "bulkwatch_events_per_s": bulkwatch,
         "two_instance_events_per_s": two,
         "two_instance_ceiling_events_per_s": ceiling_two,
-        "core_each_events_per_s": {"one_instance": one_core, "two_instances": two_cores},
+        "cpu_limit_events_per_s": {"one_instance": one_limited, "two_instances": two_limited},
         "p99_latency_s_at_half_load": p99_half,
         "producer_events_per_s": producer_events_per_s,
         "events_per_cpu_s": {key: per_cpu(key) for key in drains},

@@ -31,8 +31,8 @@ DRAIN_NAMES = {
     "ceiling_x2": "ceiling, 2 consumers",
     "bulkwatch_x1": "bulkwatch, 1 instance",
     "bulkwatch_x2": "bulkwatch, 2 instances",
-    "bulkwatch_x1_core_each": "bulkwatch, 1 instance on 1 core",
-    "bulkwatch_x2_core_each": "bulkwatch, 2 instances, 1 core each",
+    "bulkwatch_x1_cpu_limit": "bulkwatch, 1 instance, CPU limit",
+    "bulkwatch_x2_cpu_limit": "bulkwatch, 2 instances, CPU limit each",
     "naive_x1": "naive Python + datasketch",
 }
 QUALITY_NAMES = {
@@ -428,7 +428,7 @@ def _headline_lines(results: dict[str, Any]) -> list[str]:
         return f"| {name} | {wanted} | {measured} | {_met(target.get('met'))} |"
 
     bulkwatch = results.get("bulkwatch_events_per_s")
-    core_each = results.get("core_each_events_per_s") or {}
+    limited = results.get("cpu_limit_events_per_s") or {}
     per_cpu = results.get("events_per_cpu_s", {})
 
     def efficiency(a: str, b: str) -> str:
@@ -449,9 +449,9 @@ def _headline_lines(results: dict[str, Any]) -> list[str]:
             "p99_latency_s_at_half_load", 3, None),
         row("two instances / one instance", ">= 1.6", "two_instances_vs_one", 2,
             (results.get("two_instance_events_per_s"), bulkwatch)),
-        row("two instances / one instance, one core each", ">= 1.6",
-            "two_instances_vs_one_core_each", 2,
-            (core_each.get("two_instances"), core_each.get("one_instance"))),
+        row(f"two instances / one instance, CPU limit of {_num(limited.get('cpus_each'), 1)} "
+            "each", ">= 1.6", "two_instances_vs_one_cpu_limit", 2,
+            (limited.get("two_instances"), limited.get("one_instance"))),
         "",
         "The same ratios per CPU-second each process used (less disturbed by whatever else ran "
         "on the machine): bulkwatch / ceiling "
@@ -610,17 +610,22 @@ def _bottleneck_text(results: dict[str, Any]) -> str:
             f"The limit is the CPU of this machine: two instances fill it, and {limit}; a third "
             "instance would need more cores."
         )
-    pinned_one = drains.get("bulkwatch_x1_core_each", {})
-    pinned_two = drains.get("bulkwatch_x2_core_each", {})
-    if pinned_one.get("events_per_s") and pinned_two.get("events_per_s"):
-        broker_pinned = (pinned_two.get("cpu") or {}).get("broker_cores")
+    limited = results.get("cpu_limit_events_per_s") or {}
+    one_limited = drains.get("bulkwatch_x1_cpu_limit", {})
+    two_limited = drains.get("bulkwatch_x2_cpu_limit", {})
+    if one_limited.get("events_per_s") and two_limited.get("events_per_s"):
+        spare = two_limited.get("cpu") or {}
         parts.append(
-            "With one core per instance (`taskset`; the deployment requests one core per pod), "
-            f"one instance ran {_num(pinned_one['events_per_s'])} events/s on core 0 and two ran "
-            f"{_num(pinned_two['events_per_s'])} on cores 0 and 1: "
-            f"{pinned_two['events_per_s'] / pinned_one['events_per_s']:.2f}x, with the broker "
-            f"(not pinned) taking {_num(broker_pinned, 2)} cores from them."
+            f"**With a CPU limit of {_num(limited.get('cpus_each'), 1)} cores per instance** (a "
+            "cgroup quota, as Kubernetes applies a pod's limit), which leaves cores to the broker: "
+            f"one instance ran {_num(one_limited['events_per_s'])} events/s and two ran "
+            f"{_num(two_limited['events_per_s'])}, "
+            f"{two_limited['events_per_s'] / one_limited['events_per_s']:.2f}x; the broker used "
+            f"{_num(spare.get('broker_cores'), 2)} cores and the machine was "
+            f"{_num(spare.get('machine_busy_cores'), 2)} of {cores} cores busy."
         )
+    elif limited.get("unavailable"):
+        parts.append(f"No runs with a CPU limit per instance: {limited['unavailable']}.")
     if c1.get("events_per_s") and c2.get("events_per_s"):
         parts.append(
             f"For comparison, the bare consumer went from {_num(c1['events_per_s'])} to "
