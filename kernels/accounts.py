@@ -642,14 +642,17 @@ def _find_account(keys, rows, key, home, now_s, ttl_s, probe):
 
 @njit(cache=True, nogil=True, inline="always")
 def _claim_account(
-    keys, rows, heavy, sketch_meta, counters, key, home, ts_s, now_s, ttl_s, probe
+    keys, rows, heavy, sketch_meta, counters, key, home, hint, ts_s, now_s, ttl_s, probe
 ):  # fmt: skip
     """Slot of ``key`` (home slot ``home``), inserting it: into the first empty slot of the probe
     window, else into the first expired one of the first EVICTION_SCAN slots, else the least
     recently active account of those is evicted. An expired account is reset in place. Only keys
-    are read unless the window is full (rows are read for their clocks)."""
+    are read unless the window is full (rows are read for their clocks). ``hint``: the slot the
+    prefetch found the key in (checked, it may be stale), else NOT_FOUND or CROWDED."""
     cap = keys.shape[0]
     slot = home
+    if hint < np.uint64(cap) and keys[hint] == key:  # keys are unique: it is the key's slot
+        slot = np.int64(hint)
     for _ in range(probe):
         k = keys[slot]
         if k == key:
@@ -1510,6 +1513,9 @@ def _update_accounts(
     probe = params[P_PROBE]
     exact = params[P_EXACT_RECIPIENTS]
     n = ts_ms.shape[0]
+    # The clock and the event count stay in registers (array stores could alias them otherwise).
+    now_ms = counters[C_NOW_MS]
+    counters[C_EVENTS] += n
     for i in range(min(PREFETCH_KEYS, n)):
         _hash_ahead(keys, hashes, i, np.int64(event_type[i]), account[i], peer[i])
     for i in range(min(PREFETCH_SLOT, n)):
@@ -1538,8 +1544,6 @@ def _update_accounts(
         r = i & (HASH_RING - 1)
         subject = hashes[r, 0]
         home = np.int64(hashes[r, 1])
-        now_ms = counters[C_NOW_MS]
-        counters[C_EVENTS] += 1
         if now_ms != NO_TIME and ts < now_ms - lateness_ms:
             counters[C_LATE] += 1
             late[i] = True
@@ -1554,7 +1558,6 @@ def _update_accounts(
             late[i] = False
             if ts > now_ms:
                 now_ms = ts
-                counters[C_NOW_MS] = ts
             if subject == 0:
                 counters[C_UNATTRIBUTED] += 1
                 _zero_features(counts, reals, gap_counts, active_hours, i)
@@ -1563,8 +1566,9 @@ def _update_accounts(
             ts_s = _div(ts, 1000)
             dead_hour = _div(max(now_s - lateness_s, 0), B24H_S) - N24H
             slot = _claim_account(
-                keys, rows, heavy, sketch_meta, counters, subject, home, ts_s, now_s, ttl_s, probe
-            )
+                keys, rows, heavy, sketch_meta, counters, subject, home, hashes[r, R_SLOT], ts_s,
+                now_s, ttl_s, probe,
+            )  # fmt: skip
             old_clock = np.int64(rows[slot, L_NOW])
             clock = max(old_clock, ts_s)
             if kind == MESSAGE:
@@ -1607,6 +1611,7 @@ def _update_accounts(
         else:
             _heavy_features(heavy, sketch_regs, sketch_meta, hidx, counts, reals, active_hours, i)
         _row_features(rows, slot, ts, reals, gap_counts, i)
+    counters[C_NOW_MS] = now_ms
 
 
 _BATCH_DTYPES = (
