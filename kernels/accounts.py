@@ -256,7 +256,9 @@ C_PAIR_EVICTIONS, C_SKETCH_PROMOTIONS, C_SKETCH_DENIED, C_SKETCH_RECLAIMS = 11, 
 C_RECIPIENTS_UNCOUNTED = 15
 N_COUNTERS = 16
 
-# Feature blocks written by the kernel: one uint32 row per count, one float32 row per real.
+# Feature blocks written by the kernel, one row per event (an event's features are adjacent in
+# memory: column-major blocks cost ~10 % more, 20 scattered store streams): a uint32 column per
+# count, a float32 column per real.
 COUNT_FIELDS = (
     "msgs_15s",
     "msgs_1m",
@@ -826,23 +828,23 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
         )
         reports += np.int64(event_type == REPORT)
         blocks += np.int64(event_type == BLOCK)
-    counts[O_MSGS_15S, i] = m15s
-    counts[O_MSGS_1M, i] = m1m
-    counts[O_MSGS_15M, i] = m15m
-    counts[O_MSGS_1H, i] = m1h
-    counts[O_MSGS_24H, i] = m24
-    counts[O_CONTACT_KNOWN, i] = known
-    counts[O_NON_CONTACT, i] = non_contact
-    counts[O_FORWARDED, i] = forwarded
-    counts[O_TYPING_KNOWN, i] = typing_known
-    counts[O_NO_TYPING, i] = no_typing
-    counts[O_GROUPS, i] = groups
-    counts[O_MEMBERS, i] = members
-    counts[O_REPORTS, i] = reports
-    counts[O_BLOCKS, i] = blocks
-    reals[O_RECIPIENTS_1H, i] = recipients_1h
-    reals[O_RECIPIENTS_24H, i] = recipients_24h
-    reals[O_BUSINESS, i] = business
+    counts[i, O_MSGS_15S] = m15s
+    counts[i, O_MSGS_1M] = m1m
+    counts[i, O_MSGS_15M] = m15m
+    counts[i, O_MSGS_1H] = m1h
+    counts[i, O_MSGS_24H] = m24
+    counts[i, O_CONTACT_KNOWN] = known
+    counts[i, O_NON_CONTACT] = non_contact
+    counts[i, O_FORWARDED] = forwarded
+    counts[i, O_TYPING_KNOWN] = typing_known
+    counts[i, O_NO_TYPING] = no_typing
+    counts[i, O_GROUPS] = groups
+    counts[i, O_MEMBERS] = members
+    counts[i, O_REPORTS] = reports
+    counts[i, O_BLOCKS] = blocks
+    reals[i, O_RECIPIENTS_1H] = recipients_1h
+    reals[i, O_RECIPIENTS_24H] = recipients_24h
+    reals[i, O_BUSINESS] = business
     active_hours[i] = _popcount64(hours)
 
 
@@ -1317,23 +1319,23 @@ def _heavy_features(heavy, sketch_regs, sketch_meta, hidx, counts, reals, active
     sk = np.int64(heavy[hidx, H_SKETCH + 1])
     if sk != NO_INDEX:
         business += _sketch_estimate(sketch_regs, sketch_meta, sk, clock, SK_HIST_24H)
-    counts[O_MSGS_15S, i] = heavy[hidx, H_TOT_15S]
-    counts[O_MSGS_1M, i] = heavy[hidx, H_TOT_1M]
-    counts[O_MSGS_15M, i] = heavy[hidx, H_TOT_15M]
-    counts[O_MSGS_1H, i] = heavy[hidx, H_TOT_1H + F1_MSGS]
-    counts[O_MSGS_24H, i] = heavy[hidx, H_TOT_24H + F24_MSGS]
-    counts[O_CONTACT_KNOWN, i] = heavy[hidx, H_TOT_1H + F1_CONTACT_KNOWN]
-    counts[O_NON_CONTACT, i] = heavy[hidx, H_TOT_1H + F1_NON_CONTACT]
-    counts[O_FORWARDED, i] = heavy[hidx, H_TOT_1H + F1_FORWARDED]
-    counts[O_TYPING_KNOWN, i] = heavy[hidx, H_TOT_1H + F1_TYPING_KNOWN]
-    counts[O_NO_TYPING, i] = heavy[hidx, H_TOT_1H + F1_NO_TYPING]
-    counts[O_GROUPS, i] = heavy[hidx, H_TOT_1H + F1_GROUPS]
-    counts[O_MEMBERS, i] = heavy[hidx, H_TOT_1H + F1_MEMBERS]
-    counts[O_REPORTS, i] = heavy[hidx, H_TOT_24H + F24_REPORTS]
-    counts[O_BLOCKS, i] = heavy[hidx, H_TOT_24H + F24_BLOCKS]
-    reals[O_RECIPIENTS_1H, i] = recipients_1h
-    reals[O_RECIPIENTS_24H, i] = recipients_24h
-    reals[O_BUSINESS, i] = business
+    counts[i, O_MSGS_15S] = heavy[hidx, H_TOT_15S]
+    counts[i, O_MSGS_1M] = heavy[hidx, H_TOT_1M]
+    counts[i, O_MSGS_15M] = heavy[hidx, H_TOT_15M]
+    counts[i, O_MSGS_1H] = heavy[hidx, H_TOT_1H + F1_MSGS]
+    counts[i, O_MSGS_24H] = heavy[hidx, H_TOT_24H + F24_MSGS]
+    counts[i, O_CONTACT_KNOWN] = heavy[hidx, H_TOT_1H + F1_CONTACT_KNOWN]
+    counts[i, O_NON_CONTACT] = heavy[hidx, H_TOT_1H + F1_NON_CONTACT]
+    counts[i, O_FORWARDED] = heavy[hidx, H_TOT_1H + F1_FORWARDED]
+    counts[i, O_TYPING_KNOWN] = heavy[hidx, H_TOT_1H + F1_TYPING_KNOWN]
+    counts[i, O_NO_TYPING] = heavy[hidx, H_TOT_1H + F1_NO_TYPING]
+    counts[i, O_GROUPS] = heavy[hidx, H_TOT_1H + F1_GROUPS]
+    counts[i, O_MEMBERS] = heavy[hidx, H_TOT_1H + F1_MEMBERS]
+    counts[i, O_REPORTS] = heavy[hidx, H_TOT_24H + F24_REPORTS]
+    counts[i, O_BLOCKS] = heavy[hidx, H_TOT_24H + F24_BLOCKS]
+    reals[i, O_RECIPIENTS_1H] = recipients_1h
+    reals[i, O_RECIPIENTS_24H] = recipients_24h
+    reals[i, O_BUSINESS] = business
     active_hours[i] = heavy[hidx, H_ACTIVE_HOURS]
 
 
@@ -1351,21 +1353,21 @@ def _row_features(rows, slot, ts_ms, reals, gap_counts, i):
     mean_s = total / max(count, 1) / 1000.0
     cv = math.sqrt(spread) / max(total, 1)
     age_s = (ts_ms - np.int64(rows[slot, L_CREATED]) * 1000) / 1000.0
-    reals[O_GAP_MEAN, i] = mean_s if count > 0 else np.nan
-    reals[O_GAP_CV, i] = cv if count >= GAP_MIN else np.nan
-    reals[O_AGE, i] = age_s if meta & META_CREATED_KNOWN else np.nan
+    reals[i, O_GAP_MEAN] = mean_s if count > 0 else np.nan
+    reals[i, O_GAP_CV] = cv if count >= GAP_MIN else np.nan
+    reals[i, O_AGE] = age_s if meta & META_CREATED_KNOWN else np.nan
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _zero_features(counts, reals, gap_counts, active_hours, i):
-    for f in range(counts.shape[0]):
-        counts[f, i] = 0
-    reals[O_RECIPIENTS_1H, i] = 0.0
-    reals[O_RECIPIENTS_24H, i] = 0.0
-    reals[O_BUSINESS, i] = 0.0
-    reals[O_GAP_CV, i] = np.nan
-    reals[O_GAP_MEAN, i] = np.nan
-    reals[O_AGE, i] = np.nan
+    for f in range(counts.shape[1]):
+        counts[i, f] = 0
+    reals[i, O_RECIPIENTS_1H] = 0.0
+    reals[i, O_RECIPIENTS_24H] = 0.0
+    reals[i, O_BUSINESS] = 0.0
+    reals[i, O_GAP_CV] = np.nan
+    reals[i, O_GAP_MEAN] = np.nan
+    reals[i, O_AGE] = np.nan
     gap_counts[i] = 0
     active_hours[i] = 0
 
@@ -1652,7 +1654,8 @@ def update_accounts(
 
     Arrays are the columns of the batch (int64, uint64, uint64, uint8, uint16, int32, int64), 1-D,
     C-contiguous and of equal length. Event times must lie in [0, 2**32) seconds. The returned
-    arrays are fresh (rows of two blocks, each C-contiguous).
+    arrays are fresh: columns of two event-major blocks (strided views; copy a column with
+    ``np.ascontiguousarray`` where contiguity matters).
     """
     _check_state(state)
     columns = (ts_ms, account, peer, event_type, flags, members, created_ms)
@@ -1665,8 +1668,8 @@ def update_accounts(
             raise ValueError(f"{name} must be 1-D of length {n}, got shape {array.shape}")
         if not array.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous")
-    counts = np.empty((len(COUNT_FIELDS), n), dtype=np.uint32)
-    reals = np.empty((len(REAL_FIELDS), n), dtype=np.float32)
+    counts = np.empty((n, len(COUNT_FIELDS)), dtype=np.uint32)
+    reals = np.empty((n, len(REAL_FIELDS)), dtype=np.float32)
     gap_counts = np.empty(n, dtype=np.uint16)
     active_hours = np.empty(n, dtype=np.uint8)
     late = np.empty(n, dtype=np.bool_)
@@ -1683,8 +1686,8 @@ def update_accounts(
         _update_accounts(
             *state, heavy16, *columns, counts, reals, gap_counts, active_hours, late, hashes
         )
-    features = dict(zip(COUNT_FIELDS, counts, strict=True))
-    features.update(zip(REAL_FIELDS, reals, strict=True))
+    features = dict(zip(COUNT_FIELDS, counts.T, strict=True))
+    features.update(zip(REAL_FIELDS, reals.T, strict=True))
     features.update(gap_count=gap_counts, active_hours_24h=active_hours, late=late)
     return AccountFeatures(**features)
 
