@@ -447,7 +447,7 @@ def _headline_lines(results: dict[str, Any]) -> list[str]:
             (bulkwatch, results.get("naive_events_per_s"))),
         row("p99 signal latency at 50% of bulkwatch's max", "< 1 s",
             "p99_latency_s_at_half_load", 3, None),
-        row("two instances / one instance", ">= 1.6", "two_instances_vs_one", 2,
+        row("two instances / one instance, no CPU limit", ">= 1.6", "two_instances_vs_one", 2,
             (results.get("two_instance_events_per_s"), bulkwatch)),
         row(f"two instances / one instance, CPU limit of {_num(limited.get('cpus_each'), 1)} "
             "each", ">= 1.6", "two_instances_vs_one_cpu_limit", 2,

@@ -730,7 +730,8 @@ def _light_advance(rows, slot, now):
 
 @njit(cache=True, nogil=True, inline="always")
 def _light_store(rows, slot, ts, event_type, flags8, aux, no_peer):
-    """Append an event to the log; False if the log is full (the account must be promoted)."""
+    """Append an event to the log; False if the log is full (the account must be promoted: the
+    replay ignores the newest bits this may have moved)."""
     now = np.int64(rows[slot, L_NOW])
     if not _relevant(event_type, ts, now):
         return True
