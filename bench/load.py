@@ -1615,9 +1615,14 @@ async def _run_phases(ctx: RunContext) -> dict[str, Any]:
         sweep["latency_s"] = _percentiles(latencies)
         sweep["append_time"] = all(ts_type == 1 for _, _, ts_type in signals)
         sweep["latencies_s"] = np.sort(latencies).round(4).tolist()
-    results = summarise(drains, sweeps, quality, producer_events_per_s=log.events_per_s)
-    results["cpu_limit_events_per_s"].update(cpus_each=cpus, unavailable=no_limits)
-    return results
+    return summarise(
+        drains,
+        sweeps,
+        quality,
+        producer_events_per_s=log.events_per_s,
+        cpus_each=cpus,
+        no_cpu_limits=no_limits,
+    )
 
 
 def summarise(
@@ -1626,8 +1631,11 @@ def summarise(
     quality: dict[str, Any],
     *,
     producer_events_per_s: float,
+    cpus_each: float | None = None,
+    no_cpu_limits: str | None = None,
 ) -> dict[str, Any]:
-    """The headline figures and targets from the measured phases."""
+    """The headline figures and targets from the measured phases (``cpus_each``: the CPU limit
+    of the limited runs; ``no_cpu_limits``: why there were none)."""
     ceiling = drains["ceiling_x1"]["events_per_s"]
     naive = drains["naive_x1"]["events_per_s"]
     bulkwatch = drains["bulkwatch_x1"]["events_per_s"]
@@ -1669,7 +1677,12 @@ def summarise(
         "bulkwatch_events_per_s": bulkwatch,
         "two_instance_events_per_s": two,
         "two_instance_ceiling_events_per_s": ceiling_two,
-        "cpu_limit_events_per_s": {"one_instance": one_limited, "two_instances": two_limited},
+        "cpu_limit_events_per_s": {
+            "one_instance": one_limited,
+            "two_instances": two_limited,
+            "cpus_each": cpus_each,
+            "unavailable": no_cpu_limits,
+        },
         "p99_latency_s_at_half_load": p99_half,
         "producer_events_per_s": producer_events_per_s,
         "events_per_cpu_s": {key: per_cpu(key) for key in drains},
