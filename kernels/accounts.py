@@ -882,9 +882,18 @@ def _heavy_advance(heavy, heavy16, hidx, now):
     old = np.int64(heavy[hidx, H_CLOCK])
     if now <= old:
         return
+    heavy[hidx, H_CLOCK] = now
+    # Bucket sizes nest (1 s | 5 s | 1 min | 5 min | 1 h): once a ring's bucket is unchanged, so
+    # are all longer rings' buckets, and nothing leaves them.
     _slide_small(heavy, heavy16, hidx, Q_RING_15S, H_TOT_15S, N15S, B15S_S, old, now)
+    if _div(old, B1M_S) == _div(now, B1M_S):
+        return
     _slide_small(heavy, heavy16, hidx, Q_RING_1M, H_TOT_1M, N1M, B1M_S, old, now)
+    if _div(old, B15M_S) == _div(now, B15M_S):
+        return
     _slide_small(heavy, heavy16, hidx, Q_RING_15M, H_TOT_15M, N15M, B15M_S, old, now)
+    if _div(old, B1H_S) == _div(now, B1H_S):
+        return
     lo, hi = _leaving_buckets(old, now, B1H_S, N1H)
     if hi - lo == N1H:
         heavy[hidx, H_RING_1H : H_RING_1H + N1H * B1H_WORDS] = 0
@@ -896,6 +905,8 @@ def _heavy_advance(heavy, heavy16, hidx, now):
                 heavy[hidx, H_TOT_1H + f] -= heavy16[hidx, 2 * w + f]
             heavy[hidx, H_TOT_1H + F1_MEMBERS] -= heavy[hidx, w + B1H_WORDS - 1]
             heavy[hidx, w : w + B1H_WORDS] = 0
+    if _div(old, B24H_S) == _div(now, B24H_S):
+        return
     lo, hi = _leaving_buckets(old, now, B24H_S, N24H)
     if hi - lo == N24H:
         heavy[hidx, H_RING_24H : H_RING_24H + N24H * B24H_WORDS] = 0
@@ -910,7 +921,6 @@ def _heavy_advance(heavy, heavy16, hidx, now):
             for f in range(1, NF24):
                 heavy[hidx, H_TOT_24H + f] -= heavy16[hidx, 2 * w + f + 1]
             heavy[hidx, w : w + B24H_WORDS] = 0
-    heavy[hidx, H_CLOCK] = now
 
 
 @njit(cache=True, nogil=True, inline="always")
