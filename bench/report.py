@@ -611,16 +611,14 @@ def _bottleneck_text(results: dict[str, Any]) -> str:
             "instance would need more cores."
         )
     limited = results.get("cpu_limit_events_per_s") or {}
-    one_limited = drains.get("bulkwatch_x1_cpu_limit", {})
-    two_limited = drains.get("bulkwatch_x2_cpu_limit", {})
-    if one_limited.get("events_per_s") and two_limited.get("events_per_s"):
-        spare = two_limited.get("cpu") or {}
+    one_limited, two_limited = limited.get("one_instance"), limited.get("two_instances")
+    if one_limited and two_limited:
+        spare = drains["bulkwatch_x2_cpu_limit"].get("cpu") or {}
         parts.append(
             f"**With a CPU limit of {_num(limited.get('cpus_each'), 1)} cores per instance** (a "
             "cgroup quota, as Kubernetes applies a pod's limit), which leaves cores to the broker: "
-            f"one instance ran {_num(one_limited['events_per_s'])} events/s and two ran "
-            f"{_num(two_limited['events_per_s'])}, "
-            f"{two_limited['events_per_s'] / one_limited['events_per_s']:.2f}x; the broker used "
+            f"one instance ran {_num(one_limited)} events/s and two ran {_num(two_limited)}, "
+            f"{two_limited / one_limited:.2f}x; the broker used "
             f"{_num(spare.get('broker_cores'), 2)} cores and the machine was "
             f"{_num(spare.get('machine_busy_cores'), 2)} of {cores} cores busy."
         )
