@@ -596,6 +596,13 @@ def _in_window(ts, now, bucket_s, n_buckets):
     return _div(ts, bucket_s) > _div(now, bucket_s) - n_buckets
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _window_start(now, bucket_s, n_buckets):
+    """The first second in the window of ``n_buckets`` buckets ending at ``now``'s bucket: ``ts``
+    is in that window iff ``ts >= _window_start(...)`` (``_in_window`` without dividing ``ts``)."""
+    return (_div(now, bucket_s) - n_buckets + 1) * bucket_s
+
+
 # --------------------------------------------------------------------------------------------
 # Account table
 
@@ -787,10 +794,11 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
     advance dropped the others), and entry fields are summed as 0/1 values rather than branched
     on: they are data, their branches mispredict."""
     now = np.int64(rows[slot, L_NOW])
-    lo_15s = _div(now, B15S_S) - N15S
-    lo_1m = _div(now, B1M_S) - N1M
-    lo_15m = _div(now, B15M_S) - N15M
-    lo_1h = _div(now, B1H_S) - N1H
+    # The first second of each window: ts // bucket > now // bucket - n_buckets, divided once.
+    start_15s = _window_start(now, B15S_S, N15S)
+    start_1m = _window_start(now, B1M_S, N1M)
+    start_15m = _window_start(now, B15M_S, N15M)
+    start_1h = _window_start(now, B1H_S, N1H)
     m15s = m1m = m15m = m1h = m24 = 0
     known = non_contact = forwarded = typing_known = no_typing = 0
     groups = members = reports = blocks = 0
@@ -804,13 +812,13 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
         ts = _log_ts(tag, now)
         flags = tag >> TAG_FLAGS_SHIFT
         message = np.int64(event_type == MESSAGE)
-        in_1h = np.int64(_div(ts, B1H_S) > lo_1h)
+        in_1h = np.int64(ts >= start_1h)
         message_1h = message & in_1h
         m24 += message
         m1h += message_1h
-        m15m += message & np.int64(_div(ts, B15M_S) > lo_15m)
-        m1m += message & np.int64(_div(ts, B1M_S) > lo_1m)
-        m15s += message & np.int64(_div(ts, B15S_S) > lo_15s)
+        m15m += message & np.int64(ts >= start_15m)
+        m1m += message & np.int64(ts >= start_1m)
+        m15s += message & np.int64(ts >= start_15s)
         contact_known = message_1h & (flags >> 2)
         known += contact_known
         non_contact += contact_known & ~(flags >> 3)
