@@ -1,0 +1,170 @@
+"""Instructions per event of the account kernels, counted: ``python -m bench.instructions``.
+
+Timings on a shared machine drift by 10-30 % between runs minutes apart, so kernel changes worth a
+few percent cannot be told apart by timing them. This counts instead: it runs ``update_accounts``
+on ``--events`` events of the ``bench.kernels`` stream under valgrind's callgrind and prints the
+instructions executed in the compiled kernels per event. The count is exact and the same on every
+run of the same code; it is not time (cache misses cost none), but the kernels keep about three
+instructions per cycle in flight on this benchmark, so it follows their speed.
+
+Steps: a first process generates the stream, runs its first ``--skip-events`` events natively (the
+table then holds the accounts, heavy rows and pairs of a stream in full flow) and saves the state
+and the next events; a second compiles the kernels for ``TARGET_CPU`` (valgrind runs no AVX-512,
+and a fixed target makes counts comparable between machines) into a private Numba cache; a third
+runs them under callgrind from that cache. Needs ``valgrind`` (``apt-get install valgrind``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TARGET_CPU = "x86-64-v3"  # AVX2, BMI2, LZCNT: what valgrind executes
+TARGET_FEATURES = "+avx2,+bmi,+bmi2,+lzcnt,+popcnt,+fma,+movbe"
+ENTRIES = "kernel_entries.txt"
+
+
+def kernel_entries() -> list[int]:
+    """Entry addresses of every compiled overload of the account kernels (``kernels.accounts`` and
+    the helpers it calls): callgrind names code without symbols by its entry address."""
+    from numba.core.registry import CPUDispatcher
+
+    from kernels import accounts, hashtable, hll
+
+    entries = []
+    for module in (accounts, hashtable, hll):
+        for value in vars(module).values():
+            if isinstance(value, CPUDispatcher):
+                for compiled in value.overloads.values():
+                    name = compiled.fndesc.llvm_func_name
+                    entries.append(compiled.library.get_pointer_to_function(name))
+    return entries
+
+
+def kernel_instructions(callgrind_out: str, entries: set[int]) -> tuple[int, int]:
+    """(instructions in the functions at ``entries``, all instructions) from a callgrind output
+    file written with ``--compress-strings=no --compress-pos=no`` (self cost only)."""
+    in_kernel = False
+    kernel = total = 0
+    skip_call_cost = False
+    for line in callgrind_out.splitlines():
+        if skip_call_cost:  # the line after calls= is the callee's inclusive cost
+            skip_call_cost = False
+            continue
+        if line.startswith("calls="):
+            skip_call_cost = True
+        elif line.startswith("fn="):
+            name = line[3:].strip().split("'")[0]  # callgrind marks recursion levels 'N
+            in_kernel = name.startswith("0x") and int(name, 16) in entries
+        elif line[:1].isdigit():
+            fields = line.split()
+            if len(fields) == 2:
+                total += int(fields[1])
+                if in_kernel:
+                    kernel += int(fields[1])
+    return kernel, total
+
+
+def _prepare(args: argparse.Namespace, work: Path) -> None:
+    from bench import kernels as bench_kernels
+    from kernels import accounts
+
+    stream = bench_kernels.make_stream(
+        args.skip_events + args.events, args.accounts, zipf_s=1.0, span_h=2.0, seed=args.seed
+    )
+    capacity = int(np.ceil(bench_kernels.distinct_subjects(stream) / 0.8))
+    state = accounts.new_account_state(capacity)
+    bench_kernels.run_kernel(state, stream, 0, args.skip_events, args.batch)
+    np.savez(work / "state.npz", **state._asdict())
+    np.savez(work / "events.npz", **{k: v[args.skip_events :] for k, v in stream.items()})
+
+
+def _child(work: Path, batch: int) -> None:
+    """Runs in the process under callgrind: restore the state, apply the saved events."""
+    from bench import kernels as bench_kernels
+    from kernels import accounts
+
+    saved = np.load(work / "state.npz")
+    events = dict(np.load(work / "events.npz"))
+    state = accounts.new_account_state(int(saved["params"][accounts.P_CAPACITY]))
+    for name in accounts.AccountState._fields:
+        getattr(state, name)[...] = saved[name]
+    n = len(events["ts_ms"])
+    bench_kernels.run_kernel(state, events, 0, n, batch)
+    (work / ENTRIES).write_text("\n".join(str(e) for e in kernel_entries()))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000, help="events counted")
+    parser.add_argument(
+        "--skip-events", type=int, default=4_800_000, help="events run natively before them"
+    )
+    parser.add_argument("--accounts", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=65_536)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(Path(args.child), args.batch)
+        return {}
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("valgrind not found: apt-get install valgrind")
+
+    with tempfile.TemporaryDirectory(prefix="bulkwatch-instructions-") as tmp:
+        work = Path(tmp)
+        started = time.perf_counter()
+        _prepare(args, work)
+        env = dict(
+            os.environ,
+            NUMBA_CPU_NAME=TARGET_CPU,
+            NUMBA_CPU_FEATURES=TARGET_FEATURES,
+            NUMBA_CACHE_DIR=str(work / "numba-cache"),
+            PYTHONHASHSEED="0",
+        )
+        child = [sys.executable, "-m", "bench.instructions", "--child", str(work)]
+        child += ["--batch", str(args.batch)]
+        # Natively first: compiles into the private cache, which the run under valgrind loads.
+        subprocess.run(child, env=env, check=True)
+        out = work / "callgrind.out"
+        subprocess.run(
+            [
+                valgrind, "--tool=callgrind", "--compress-strings=no", "--compress-pos=no",
+                f"--callgrind-out-file={out}", *child,
+            ],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        entries = {int(e) for e in (work / ENTRIES).read_text().split()}
+        kernel, total = kernel_instructions(out.read_text(), entries)
+        seconds = time.perf_counter() - started
+
+    per_event = kernel / args.events
+    result = {
+        "events": args.events,
+        "skip_events": args.skip_events,
+        "instructions_per_event": round(per_event, 1),
+        "kernel_instructions": kernel,
+        "process_instructions": total,
+        "target_cpu": TARGET_CPU,
+        "seconds": round(seconds, 1),
+    }
+    print(
+        f"account kernels  {per_event:,.1f} instructions per event ({kernel:,} for {args.events:,}"
+        f" events after {args.skip_events:,}; target {TARGET_CPU}; {seconds:.0f} s)"
+    )
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
