@@ -1003,6 +1003,7 @@ def _pair_probe(pairs, home, hidx, genbiz, fp, dead_hour):
     """(index of the pair or -1, first reusable index or -1): empty, or last used before
     ``dead_hour`` (outside every window from now on)."""
     cap = pairs.shape[0]
+    dead_before = (dead_hour + 1) * B24H_S  # last used before: hour <= dead_hour
     p = home
     reuse = -1
     for _ in range(min(PAIR_PROBE, cap)):
@@ -1013,7 +1014,7 @@ def _pair_probe(pairs, home, hidx, genbiz, fp, dead_hour):
             return -1, reuse
         if owner == hidx and pairs[p, PAIR_FP] == fp and pairs[p, PAIR_GENBIZ] == genbiz:
             return p, -1
-        if reuse < 0 and _div(pairs[p, PAIR_LAST], B24H_S) <= dead_hour:
+        if reuse < 0 and np.int64(pairs[p, PAIR_LAST]) < dead_before:
             reuse = p
         p += 1
         if p == cap:
@@ -1410,10 +1411,17 @@ PREFETCH_KEYS = 12  # events ahead: hash, prefetch the first PREFETCH_PROBE keys
 PREFETCH_SLOT = 7  # events ahead: find the account's slot in those keys, prefetch its row
 PREFETCH_ROWS = 3  # events ahead: read the row's heavy index, prefetch heavy lines and pairs
 PREFETCH_PROBE = 8  # probe-window slots searched PREFETCH_SLOT events ahead (a line of keys)
-HASH_RING = 16  # > PREFETCH_KEYS, a power of two
-R_SUBJECT, R_HOME, R_FP, R_SLOT = 0, 1, 2, 3  # columns of the ring
+HASH_RING = 16  # entries, > PREFETCH_KEYS, a power of two
+R_SUBJECT, R_HOME, R_FP, R_SLOT = 0, 1, 2, 3  # words of an entry
+R_WORDS = 4  # a flat array of entries: a constant stride costs no multiply by a runtime shape
 NOT_FOUND = np.uint64(0xFFFFFFFFFFFFFFFF)  # R_SLOT: no slot to prefetch
 CROWDED = np.uint64(0xFFFFFFFFFFFFFFFE)  # R_SLOT: first keys full, search the rest later
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ring_entry(i):
+    """First word of event ``i``'s entry in the ring ``hashes``."""
+    return (i & (HASH_RING - 1)) * R_WORDS
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -1427,10 +1435,10 @@ def _hash_ahead(keys, hashes, i, kind, account, peer):
     ``hashes`` and prefetch the first keys of its probe window."""
     subject = _subject(kind, account, peer)
     slot = home_slot(subject, keys.shape[0])
-    r = i & (HASH_RING - 1)
-    hashes[r, R_SUBJECT] = subject
-    hashes[r, R_HOME] = slot
-    hashes[r, R_FP] = fingerprint32(peer)
+    r = _ring_entry(i)
+    hashes[r + R_SUBJECT] = subject
+    hashes[r + R_HOME] = slot
+    hashes[r + R_FP] = fingerprint32(peer)
     prefetch(keys, slot, 0)
     prefetch(keys, min(slot + PREFETCH_PROBE - 1, keys.shape[0] - 1), 0)
 
@@ -1441,21 +1449,21 @@ def _search_ahead(keys, rows, hashes, r, first, last, log_line):
     slot (a hint, checked again when the event is applied) and prefetch its row (its first line,
     and the log line if ``log_line``), or the row of the empty slot a new account will take.
     Returns False if every key there is another's."""
-    subject = hashes[r, R_SUBJECT]
+    subject = hashes[r + R_SUBJECT]
     cap = keys.shape[0]
-    slot = np.int64(hashes[r, R_HOME]) + first
+    slot = np.int64(hashes[r + R_HOME]) + first
     if slot >= cap:
         slot -= cap
     for _ in range(first, last):
         k = keys[slot]
         if k == subject:
-            hashes[r, R_SLOT] = slot
+            hashes[r + R_SLOT] = slot
             prefetch(rows, slot, 0)
             if log_line:
                 prefetch(rows, slot, L_LOG)
             return True
         if k == 0:
-            hashes[r, R_SLOT] = NOT_FOUND
+            hashes[r + R_SLOT] = NOT_FOUND
             prefetch(rows, slot, 0)
             prefetch(rows, slot, L_LOG)
             return True
@@ -1470,16 +1478,16 @@ def _locate_ahead(keys, rows, hashes, i, probe):
     """Search the first PREFETCH_PROBE keys of event ``i``'s window (prefetched earlier). If they
     all belong to other accounts (a crowded or full window), prefetch the rest of the window's keys:
     the search goes on PREFETCH_ROWS events ahead."""
-    r = i & (HASH_RING - 1)
+    r = _ring_entry(i)
     # The log line is prefetched later, and only if the account is light (heavy ones don't use it).
     if _search_ahead(keys, rows, hashes, r, 0, min(probe, PREFETCH_PROBE), False):
         return
-    hashes[r, R_SLOT] = NOT_FOUND
+    hashes[r + R_SLOT] = NOT_FOUND
     if probe <= PREFETCH_PROBE:
         return
-    hashes[r, R_SLOT] = CROWDED
+    hashes[r + R_SLOT] = CROWDED
     cap = keys.shape[0]
-    home = np.int64(hashes[r, R_HOME])
+    home = np.int64(hashes[r + R_HOME])
     for j in range(PREFETCH_PROBE, probe + 7, 8):
         prefetch(keys, _wrap(home + min(j, probe - 1), cap), 0)
 
@@ -1493,14 +1501,14 @@ def _wrap(slot, cap):
 def _prefetch_heavy(keys, rows, heavy, pairs, hashes, i, kind, ts_ms, peer, flags, probe):
     """Prefetch the heavy row lines and recipient pairs of event ``i``'s account (its row was
     prefetched earlier)."""
-    r = i & (HASH_RING - 1)
-    found = hashes[r, R_SLOT]
+    r = _ring_entry(i)
+    found = hashes[r + R_SLOT]
     if found == CROWDED:
         if not _search_ahead(keys, rows, hashes, r, PREFETCH_PROBE, probe, True):
             # A new account in a full window: the eviction candidates' clocks will be read.
-            hashes[r, R_SLOT] = NOT_FOUND
+            hashes[r + R_SLOT] = NOT_FOUND
             cap = keys.shape[0]
-            home = np.int64(hashes[r, R_HOME])
+            home = np.int64(hashes[r + R_HOME])
             for j in range(min(probe, EVICTION_SCAN)):
                 prefetch(rows, _wrap(home + j, cap), 0)
         return  # the row is not in cache yet
@@ -1522,7 +1530,7 @@ def _prefetch_heavy(keys, rows, heavy, pairs, hashes, i, kind, ts_ms, peer, flag
     prefetch(heavy, hidx, w)
     prefetch(heavy, hidx, w + B24H_WORDS - 1)
     if kind == MESSAGE and peer != 0:
-        fp = np.uint32(hashes[r, R_FP])
+        fp = np.uint32(hashes[r + R_FP])
         prefetch(pairs, _pair_home(hidx, 0, fp, pairs.shape[0]), 0)
         if flags & BUSINESS:
             prefetch(pairs, _pair_home(hidx, 1, fp, pairs.shape[0]), 0)
@@ -1570,9 +1578,9 @@ def _update_accounts(
             )  # fmt: skip
         ts = ts_ms[i]
         kind = np.int64(event_type[i])
-        r = i & (HASH_RING - 1)
-        subject = hashes[r, 0]
-        home = np.int64(hashes[r, 1])
+        r = _ring_entry(i)
+        subject = hashes[r + R_SUBJECT]
+        home = np.int64(hashes[r + R_HOME])
         if now_ms != NO_TIME and ts < now_ms - lateness_ms:
             counters[C_LATE] += 1
             late[i] = True
@@ -1595,7 +1603,7 @@ def _update_accounts(
             ts_s = _div(ts, 1000)
             dead_hour = _div(max(now_s - lateness_s, 0), B24H_S) - N24H
             slot = _claim_account(
-                keys, rows, heavy, sketch_meta, counters, subject, home, hashes[r, R_SLOT], ts_s,
+                keys, rows, heavy, sketch_meta, counters, subject, home, hashes[r + R_SLOT], ts_s,
                 now_s, ttl_s, probe,
             )  # fmt: skip
             old_clock = np.int64(rows[slot, L_NOW])
@@ -1613,7 +1621,7 @@ def _update_accounts(
             has_peer = True
             if kind == MESSAGE:
                 has_peer = peer[i] != 0
-                aux = np.int64(hashes[r, 2])
+                aux = np.int64(hashes[r + R_FP])
             elif kind == GROUP_ADD:
                 aux = min(max(np.int64(members[i]), 0), MAX_MEMBERS_PER_EVENT)
             hidx = np.int64(rows[slot, L_HEAVY])
@@ -1708,7 +1716,7 @@ def update_accounts(
             raise ValueError(
                 f"ts_ms must lie in [0, {MAX_TS_MS}), got [{ts_ms.min()}, {ts_ms.max()}]"
             )
-        hashes = np.empty((HASH_RING, 4), dtype=np.uint64)  # scratch of the batch kernel
+        hashes = np.empty(HASH_RING * R_WORDS, dtype=np.uint64)  # scratch of the batch kernel
         heavy16 = state.heavy.view(np.uint16)  # the same memory, for the 16-bit ring counts
         _update_accounts(
             *state, heavy16, *columns, counts, reals, gap_counts, active_hours, late, hashes
