@@ -500,11 +500,13 @@ def decode_gap_ms(code):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def gap_value_ms(ms):
-    """``decode_gap_ms(encode_gap_ms(ms))`` for ``0 <= ms <= GAP_CAP_MS``, without the code: ``ms``
-    with the bits below its 12 significant ones set to the middle of their range."""
+def gap_code_and_value(ms):
+    """``(encode_gap_ms(ms), decode_gap_ms(encode_gap_ms(ms)))`` for ``0 <= ms <= GAP_CAP_MS``
+    (never saturated), computed together: the value is ``ms`` with the bits below its 12
+    significant ones set to the middle of their range."""
     e = max(64 - np.int64(leading_zeros(np.uint64(ms))) - 12, 0)
-    return ((np.int64(ms) >> e) << e) + ((np.int64(1) << e) >> 1)
+    kept = np.int64(ms) >> e
+    return e * 2048 + kept, (kept << e) + ((np.int64(1) << e) >> 1)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -539,8 +541,7 @@ def _record_message_time(rows, slot, ts_ms, clock_s):
             if ts_ms < last:
                 return
             gap = min(ts_ms - last, GAP_CAP_MS)
-        code = encode_gap_ms(gap)
-        value = gap_value_ms(gap)
+        code, value = gap_code_and_value(gap)
         count = meta & 0x1F
         pos = (meta >> META_GAP_POS_SHIFT) & 0xF
         total = np.int64(rows[slot, L_GAP_SUM]) + value
