@@ -4,9 +4,8 @@ Timings on a shared machine drift by 10-30 % between runs minutes apart, so kern
 few percent cannot be told apart by timing them. This counts instead: it runs ``update_accounts``
 on ``--events`` events of the ``bench.kernels`` stream under valgrind's callgrind and prints the
 instructions executed in the compiled kernels per event. The count is exact and the same on every
-run of the same code (as is its count of mispredicted branches, from callgrind's branch
-predictor model: a real predictor does better on patterned branches, but no predictor guesses a
-random one, which costs 15-20 cycles each time it misses); it is not time (cache misses cost none), but the kernels run about three
+run of the same code (as is its count of mispredicted branches, from callgrind's simple
+predictor model: a hint only, the CPU's predictor is far better); it is not time (cache misses cost none), but the kernels run about three
 instructions per cycle on this benchmark (8.25 M events/s x 999 on a 2.6 GHz core), so it follows
 their speed.
 
