@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -88,12 +89,17 @@ def _prepare(args: argparse.Namespace, work: Path) -> None:
     from kernels import accounts
 
     stream = bench_kernels.make_stream(
-        args.skip_events + args.events, args.accounts, zipf_s=1.0, span_h=2.0, seed=args.seed
+        args.skip_events + args.events,
+        args.accounts,
+        zipf_s=bench_kernels.ZIPF_S,
+        span_h=bench_kernels.SPAN_H,
+        seed=args.seed,
     )
-    capacity = int(np.ceil(bench_kernels.distinct_subjects(stream) / 0.8))
+    capacity = math.ceil(bench_kernels.distinct_subjects(stream) / bench_kernels.LOAD_FACTOR)
     state = accounts.new_account_state(capacity)
     bench_kernels.run_kernel(state, stream, 0, args.skip_events, args.batch)
-    np.savez(work / "state.npz", **state._asdict())
+    now_ms = int(state.counters[accounts.C_NOW_MS])
+    accounts.save_account_state(state, work / "state.npz", event_time_ms=now_ms)
     np.savez(work / "events.npz", **{k: v[args.skip_events :] for k, v in stream.items()})
 
 
@@ -102,11 +108,8 @@ def _child(work: Path, batch: int) -> None:
     from bench import kernels as bench_kernels
     from kernels import accounts
 
-    saved = np.load(work / "state.npz")
+    state, _ = accounts.load_account_state(work / "state.npz")
     events = dict(np.load(work / "events.npz"))
-    state = accounts.new_account_state(int(saved["params"][accounts.P_CAPACITY]))
-    for name in accounts.AccountState._fields:
-        getattr(state, name)[...] = saved[name]
     n = len(events["ts_ms"])
     bench_kernels.run_kernel(state, events, 0, n, batch)
     (work / ENTRIES).write_text("\n".join(str(e) for e in kernel_entries()))

@@ -35,6 +35,10 @@ import numpy as np
 from kernels import accounts as ak
 
 T0_MS = 1_700_000_000_000
+# The benchmark stream and table sizing (the defaults of main's options).
+ZIPF_S = 1.0
+SPAN_H = 2.0
+LOAD_FACTOR = 0.8
 BATCH_COLUMNS = ("ts_ms", "account", "peer", "event_type", "flags", "members", "created_ms")
 
 
@@ -193,11 +197,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--load-factor",
         type=float,
-        default=0.8,
+        default=LOAD_FACTOR,
         help="target table fill when sizing the table for the stream",
     )
-    parser.add_argument("--zipf", type=float, default=1.0, help="activity ~ 1 / rank**s")
-    parser.add_argument("--span-h", type=float, default=2.0, help="event-time span of the stream")
+    parser.add_argument("--zipf", type=float, default=ZIPF_S, help="activity ~ 1 / rank**s")
+    parser.add_argument(
+        "--span-h", type=float, default=SPAN_H, help="event-time span of the stream"
+    )
     parser.add_argument("--batch", type=int, default=65_536)
     parser.add_argument(
         "--repeat",
