@@ -481,13 +481,11 @@ def _set_i64(rows, slot, word, value):
 
 @njit(cache=True, nogil=True, inline="always")
 def encode_gap_ms(ms):
-    """16-bit minifloat of a gap in ms: exact below 4096, else 12 significant bits (truncated)."""
-    # Shift e keeps 12 significant bits; code = e * 2048 + (ms >> e), which is ms itself for e = 0
-    # (one formula, no branch on the gap's size: gaps are data).
-    e = max(64 - np.int64(leading_zeros(np.uint64(ms))) - 12, 0)
-    if e > 30:
+    """16-bit minifloat of a gap in ms: exact below 4096, else 12 significant bits (truncated);
+    65535 from 2**42 ms."""
+    if ms >= 1 << 42:
         return np.int64(65535)
-    return e * 2048 + (np.int64(ms) >> e)
+    return gap_code_and_value(ms)[0]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -501,9 +499,11 @@ def decode_gap_ms(code):
 
 @njit(cache=True, nogil=True, inline="always")
 def gap_code_and_value(ms):
-    """``(encode_gap_ms(ms), decode_gap_ms(encode_gap_ms(ms)))`` for ``0 <= ms <= GAP_CAP_MS``
-    (never saturated), computed together: the value is ``ms`` with the bits below its 12
-    significant ones set to the middle of their range."""
+    """``(encode_gap_ms(ms), decode_gap_ms(encode_gap_ms(ms)))`` for ``0 <= ms < 2**42`` (codes
+    that do not saturate; gaps are capped at GAP_CAP_MS), computed together: the value is ``ms``
+    with the bits below its 12 significant ones set to the middle of their range."""
+    # Shift e keeps 12 significant bits; code = e * 2048 + (ms >> e), which is ms itself for e = 0
+    # (one formula, no branch on the gap's size: gaps are data).
     e = max(64 - np.int64(leading_zeros(np.uint64(ms))) - 12, 0)
     kept = np.int64(ms) >> e
     return e * 2048 + kept, (kept << e) + ((np.int64(1) << e) >> 1)
