@@ -828,17 +828,20 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
         m15m += message & np.int64(ts >= start_15m)
         m1m += message & np.int64(ts >= start_1m)
         m15s += message & np.int64(ts >= start_15s)
-        contact_known = message_1h & (flags >> 2)
+        # _div(bits, FLAG) shifts FLAG's bit down to bit 0: ANDed with a 0/1 value, it is that flag
+        # as 0/1 (a shift and an AND; comparing (bits & FLAG) != 0 costs ~5 instructions more per
+        # event).
+        contact_known = message_1h & _div(flags, CONTACT_KNOWN)
         known += contact_known
-        non_contact += contact_known & ~(flags >> 3)
-        forwarded += message_1h & (flags >> 4)
-        typing = message_1h & (flags >> 5)
+        non_contact += contact_known & ~_div(flags, IN_CONTACTS)
+        forwarded += message_1h & _div(flags, FORWARDED)
+        typing = message_1h & _div(flags, TYPING_KNOWN)
         typing_known += typing
-        no_typing += typing & ~(flags >> 6)
-        newest = (tag >> 30) & 1
+        no_typing += typing & ~_div(flags, TYPING)
+        newest = _div(tag, TAG_NEWEST) & 1
         recipients_24h += newest
         recipients_1h += newest & in_1h
-        business += flags & 1
+        business += _div(tag, TAG_NEWEST_BUSINESS) & 1
         hours |= np.uint64(message) << np.uint64(_div(ts, B24H_S) & 63)
         groups += np.int64(event_type == GROUP_CREATE) & in_1h
         members += (np.int64(event_type == GROUP_ADD) & in_1h) * np.int64(
