@@ -300,6 +300,7 @@ REAL_FIELDS = (
     O_BLOCKS,
 ) = range(len(COUNT_FIELDS))
 O_RECIPIENTS_1H, O_RECIPIENTS_24H, O_BUSINESS, O_GAP_CV, O_GAP_MEAN, O_AGE = range(len(REAL_FIELDS))
+N_COUNT_FIELDS, N_REAL_FIELDS = len(COUNT_FIELDS), len(REAL_FIELDS)
 
 
 class AccountState(NamedTuple):
@@ -464,19 +465,41 @@ def new_account_state(
 
 
 # --------------------------------------------------------------------------------------------
-# Small helpers. Kernels index the 2-D state arrays directly (no row views, no tuples): array
+# Small helpers. The kernels see each table (rows, heavy, heavy16, pairs, and the feature blocks)
+# as a flat 1-D array and index it with _at(row, width, word): the row width is then a compile-time
+# constant (a shift or a small multiply folded into the address) rather than a runtime shape loaded
+# for every access, and the index is unsigned, so Numba emits no negative-index wraparound; both
+# cost about 27 instructions per event with 2-D indexing. No row views and no tuples either: array
 # views and NamedTuple arguments cost reference-count traffic on every call.
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _at(row, width, word):
+    """Index of ``word`` of row ``row`` in a flat table of ``width``-word rows."""
+    return np.uint64(row) * np.uint64(width) + np.uint64(word)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _heavy_capacity(heavy):
+    return heavy.shape[0] // HEAVY_WORDS
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pair_capacity(pairs):
+    return pairs.shape[0] // PAIR_WORDS
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _get_i64(rows, slot, word):
-    return (np.int64(rows[slot, word + 1]) << 32) | np.int64(rows[slot, word])
+    return (np.int64(rows[_at(slot, ROW_WORDS, word + 1)]) << 32) | np.int64(
+        rows[_at(slot, ROW_WORDS, word)]
+    )
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _set_i64(rows, slot, word, value):
-    rows[slot, word] = value & 0xFFFFFFFF
-    rows[slot, word + 1] = (value >> 32) & 0xFFFFFFFF
+    rows[_at(slot, ROW_WORDS, word)] = value & 0xFFFFFFFF
+    rows[_at(slot, ROW_WORDS, word + 1)] = (value >> 32) & 0xFFFFFFFF
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -511,28 +534,30 @@ def gap_code_and_value(ms):
 
 @njit(cache=True, nogil=True, inline="always")
 def _gap_get(rows, slot, k):
-    return (np.int64(rows[slot, L_GAPS + (k >> 1)]) >> (16 * (k & 1))) & 0xFFFF
+    return (np.int64(rows[_at(slot, ROW_WORDS, L_GAPS + (k >> 1))]) >> (16 * (k & 1))) & 0xFFFF
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _gap_set(rows, slot, k, code):
     word = L_GAPS + (k >> 1)
     shift = 16 * (k & 1)
-    value = (np.int64(rows[slot, word]) & ~(np.int64(0xFFFF) << shift)) | (code << shift)
-    rows[slot, word] = value & 0xFFFFFFFF
+    value = (np.int64(rows[_at(slot, ROW_WORDS, word)]) & ~(np.int64(0xFFFF) << shift)) | (
+        code << shift
+    )
+    rows[_at(slot, ROW_WORDS, word)] = value & 0xFFFFFFFF
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _last_message_ms(rows, slot, clock_s):
     top = clock_s * 1000 + 999
-    return top - ((top - np.int64(rows[slot, L_LAST_MSG])) & 0xFFFFFFFF)
+    return top - ((top - np.int64(rows[_at(slot, ROW_WORDS, L_LAST_MSG)])) & 0xFFFFFFFF)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _record_message_time(rows, slot, ts_ms, clock_s):
     """Push the gap since the latest message (if this message is not older) into the gap ring and
     its running sums. ``clock_s`` is the account clock before this event."""
-    meta = np.int64(rows[slot, L_META])
+    meta = np.int64(rows[_at(slot, ROW_WORDS, L_META)])
     if meta & META_HAS_LAST_MSG:
         if meta & META_LAST_MSG_STALE:
             gap = GAP_CAP_MS
@@ -544,7 +569,7 @@ def _record_message_time(rows, slot, ts_ms, clock_s):
         code, value = gap_code_and_value(gap)
         count = meta & 0x1F
         pos = (meta >> META_GAP_POS_SHIFT) & 0xF
-        total = np.int64(rows[slot, L_GAP_SUM]) + value
+        total = np.int64(rows[_at(slot, ROW_WORDS, L_GAP_SUM)]) + value
         squares = _get_i64(rows, slot, L_GAP_SQUARES) + value * value
         if count == GAP_SLOTS:
             old = decode_gap_ms(_gap_get(rows, slot, pos))
@@ -553,38 +578,38 @@ def _record_message_time(rows, slot, ts_ms, clock_s):
         else:
             count += 1
         _gap_set(rows, slot, pos, code)
-        rows[slot, L_GAP_SUM] = total
+        rows[_at(slot, ROW_WORDS, L_GAP_SUM)] = total
         _set_i64(rows, slot, L_GAP_SQUARES, squares)
         pos = (pos + 1) & (GAP_SLOTS - 1)
         meta = (meta & ~np.int64(0x1FF)) | count | (pos << META_GAP_POS_SHIFT)
-    rows[slot, L_META] = (meta | META_HAS_LAST_MSG) & ~np.int64(META_LAST_MSG_STALE)
-    rows[slot, L_LAST_MSG] = ts_ms & 0xFFFFFFFF
+    rows[_at(slot, ROW_WORDS, L_META)] = (meta | META_HAS_LAST_MSG) & ~np.int64(META_LAST_MSG_STALE)
+    rows[_at(slot, ROW_WORDS, L_LAST_MSG)] = ts_ms & 0xFFFFFFFF
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _mark_stale_message(rows, slot, clock_s):
     """After the clock moved to ``clock_s`` without a message: remember a latest message that is
     GAP_CAP_MS or more behind (before its low 32 bits become ambiguous)."""
-    meta = np.int64(rows[slot, L_META])
+    meta = np.int64(rows[_at(slot, ROW_WORDS, L_META)])
     if (
         meta & META_HAS_LAST_MSG
         and not meta & META_LAST_MSG_STALE
         and clock_s * 1000 + 999 - _last_message_ms(rows, slot, clock_s) >= GAP_CAP_MS
     ):
-        rows[slot, L_META] = meta | META_LAST_MSG_STALE
+        rows[_at(slot, ROW_WORDS, L_META)] = meta | META_LAST_MSG_STALE
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _record_creation(rows, slot, created_ms, from_registration):
     if created_ms < 0:
         return
-    meta = np.int64(rows[slot, L_META])
+    meta = np.int64(rows[_at(slot, ROW_WORDS, L_META)])
     if from_registration or not (meta & META_CREATED_KNOWN):
-        rows[slot, L_CREATED] = min(_div(created_ms, 1000), 0xFFFFFFFF)
+        rows[_at(slot, ROW_WORDS, L_CREATED)] = min(_div(created_ms, 1000), 0xFFFFFFFF)
         meta |= META_CREATED_KNOWN
         if from_registration:
             meta |= META_CREATED_FROM_REG
-        rows[slot, L_META] = meta
+        rows[_at(slot, ROW_WORDS, L_META)] = meta
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -620,22 +645,22 @@ def _window_start(now, bucket_s, n_buckets):
 def _release_heavy(heavy, sketch_meta, hidx):
     """Free heavy row ``hidx`` and its sketches (its recipient pairs die with its generation)."""
     for kind in range(2):
-        sk = np.int64(heavy[hidx, H_SKETCH + kind])
+        sk = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_SKETCH + kind)])
         if sk != NO_INDEX:
             sketch_meta[sk, SK_OWNER] = -1
-            heavy[hidx, H_SKETCH + kind] = NO_INDEX
-    heavy[hidx, H_OWNER] = NO_INDEX
+            heavy[_at(hidx, HEAVY_WORDS, H_SKETCH + kind)] = NO_INDEX
+    heavy[_at(hidx, HEAVY_WORDS, H_OWNER)] = NO_INDEX
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _reset_row(rows, heavy, sketch_meta, slot, now):
-    hidx = np.int64(rows[slot, L_HEAVY])
+    hidx = np.int64(rows[_at(slot, ROW_WORDS, L_HEAVY)])
     if hidx != NO_INDEX:
         _release_heavy(heavy, sketch_meta, hidx)
     for w in range(ROW_WORDS):
-        rows[slot, w] = 0
-    rows[slot, L_HEAVY] = NO_INDEX
-    rows[slot, L_NOW] = now
+        rows[_at(slot, ROW_WORDS, w)] = 0
+    rows[_at(slot, ROW_WORDS, L_HEAVY)] = NO_INDEX
+    rows[_at(slot, ROW_WORDS, L_NOW)] = now
 
 
 @njit(cache=True, nogil=True)
@@ -647,7 +672,7 @@ def _find_account(keys, rows, key, home, now_s, ttl_s, probe):
     for _ in range(probe):
         k = keys[slot]
         if k == key:
-            if now_s - np.int64(rows[slot, L_NOW]) > ttl_s:
+            if now_s - np.int64(rows[_at(slot, ROW_WORDS, L_NOW)]) > ttl_s:
                 return -1
             return slot
         if k == 0:
@@ -674,13 +699,13 @@ def _claim_account(
     for _ in range(probe):
         k = keys[slot]
         if k == key:
-            if now_s - np.int64(rows[slot, L_NOW]) > ttl_s:
+            if now_s - np.int64(rows[_at(slot, ROW_WORDS, L_NOW)]) > ttl_s:
                 counters[C_EXPIRATIONS] += 1
                 _reset_row(rows, heavy, sketch_meta, slot, ts_s)
             return slot
         if k == 0:  # never used: the row is still as created (zeros, no heavy row)
             keys[slot] = key
-            rows[slot, L_NOW] = ts_s
+            rows[_at(slot, ROW_WORDS, L_NOW)] = ts_s
             return slot
         slot += 1
         if slot == cap:
@@ -690,7 +715,7 @@ def _claim_account(
     slot = home
     expired = False
     for _ in range(min(probe, EVICTION_SCAN)):
-        clock = np.int64(rows[slot, L_NOW])
+        clock = np.int64(rows[_at(slot, ROW_WORDS, L_NOW)])
         if now_s - clock > ttl_s:
             victim = slot
             expired = True
@@ -730,25 +755,25 @@ def _relevant(event_type, ts, now):
 @njit(cache=True, nogil=True, inline="always")
 def _light_advance(rows, slot, now):
     """Move a light account's clock to ``now`` and drop log entries that left all their windows."""
-    old = np.int64(rows[slot, L_NOW])
+    old = np.int64(rows[_at(slot, ROW_WORDS, L_NOW)])
     if now <= old:
         return
-    rows[slot, L_NOW] = now
+    rows[_at(slot, ROW_WORDS, L_NOW)] = now
     wipe = now - old >= LOG_WIPE_S
     for k in range(LOG_SLOTS):
-        tag = np.int64(rows[slot, L_LOG + 2 * k])
+        tag = np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)])
         if tag == 0:
             continue
         if wipe or not _relevant((tag >> TAG_TYPE_SHIFT) & 7, _log_ts(tag, now), now):
-            rows[slot, L_LOG + 2 * k] = 0
-            rows[slot, L_LOG + 2 * k + 1] = 0
+            rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)] = 0
+            rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)] = 0
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _light_store(rows, slot, ts, event_type, flags8, aux, no_peer):
     """Append an event to the log; False if the log is full (the account must be promoted: the
     replay ignores the newest bits this may have moved)."""
-    now = np.int64(rows[slot, L_NOW])
+    now = np.int64(rows[_at(slot, ROW_WORDS, L_NOW)])
     if not _relevant(event_type, ts, now):
         return True
     tag = TAG_VALID | (ts & TAG_TS_MASK) | (event_type << TAG_TYPE_SHIFT)
@@ -760,7 +785,7 @@ def _light_store(rows, slot, ts, event_type, flags8, aux, no_peer):
         tag |= TAG_NEWEST | (TAG_NEWEST_BUSINESS if business else 0)
     free = -1
     for k in range(LOG_SLOTS):
-        other = np.int64(rows[slot, L_LOG + 2 * k])
+        other = np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)])
         if other == 0:
             if free < 0:
                 free = k
@@ -769,7 +794,7 @@ def _light_store(rows, slot, ts, event_type, flags8, aux, no_peer):
             event_type != MESSAGE
             or no_peer
             or other & (TAG_NEWEST | TAG_NEWEST_BUSINESS) == 0
-            or rows[slot, L_LOG + 2 * k + 1] != aux
+            or rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)] != aux
             or (other >> TAG_TYPE_SHIFT) & 7 != MESSAGE
         ):
             continue
@@ -781,11 +806,11 @@ def _light_store(rows, slot, ts, event_type, flags8, aux, no_peer):
             other &= ~np.int64(TAG_NEWEST)
             if business:
                 other &= ~np.int64(TAG_NEWEST_BUSINESS)
-            rows[slot, L_LOG + 2 * k] = other
+            rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)] = other
     if free < 0:
         return False
-    rows[slot, L_LOG + 2 * free] = tag
-    rows[slot, L_LOG + 2 * free + 1] = aux
+    rows[_at(slot, ROW_WORDS, L_LOG + 2 * free)] = tag
+    rows[_at(slot, ROW_WORDS, L_LOG + 2 * free + 1)] = aux
     return True
 
 
@@ -802,7 +827,7 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
     """Features from the log. Every entry still counts in its longest window (the clock's
     advance dropped the others), and entry fields are summed as 0/1 values rather than branched
     on: they are data, their branches mispredict."""
-    now = np.int64(rows[slot, L_NOW])
+    now = np.int64(rows[_at(slot, ROW_WORDS, L_NOW)])
     # The first second of each window: ts // bucket > now // bucket - n_buckets, divided once.
     start_15s = _window_start(now, B15S_S, N15S)
     start_1m = _window_start(now, B1M_S, N1M)
@@ -814,7 +839,7 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
     recipients_1h = recipients_24h = business = 0
     hours = np.uint64(0)  # bit (hour mod 64) of every message: 24 hours map to distinct bits
     for k in range(LOG_SLOTS):
-        tag = np.int64(rows[slot, L_LOG + 2 * k])
+        tag = np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)])
         if tag == 0:
             continue
         event_type = (tag >> TAG_TYPE_SHIFT) & 7
@@ -845,27 +870,27 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
         hours |= np.uint64(message) << np.uint64(_div(ts, B24H_S) & 63)
         groups += np.int64(event_type == GROUP_CREATE) & in_1h
         members += (np.int64(event_type == GROUP_ADD) & in_1h) * np.int64(
-            rows[slot, L_LOG + 2 * k + 1]
+            rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)]
         )
         reports += np.int64(event_type == REPORT)
         blocks += np.int64(event_type == BLOCK)
-    counts[i, O_MSGS_15S] = m15s
-    counts[i, O_MSGS_1M] = m1m
-    counts[i, O_MSGS_15M] = m15m
-    counts[i, O_MSGS_1H] = m1h
-    counts[i, O_MSGS_24H] = m24
-    counts[i, O_CONTACT_KNOWN] = known
-    counts[i, O_NON_CONTACT] = non_contact
-    counts[i, O_FORWARDED] = forwarded
-    counts[i, O_TYPING_KNOWN] = typing_known
-    counts[i, O_NO_TYPING] = no_typing
-    counts[i, O_GROUPS] = groups
-    counts[i, O_MEMBERS] = members
-    counts[i, O_REPORTS] = reports
-    counts[i, O_BLOCKS] = blocks
-    reals[i, O_RECIPIENTS_1H] = recipients_1h
-    reals[i, O_RECIPIENTS_24H] = recipients_24h
-    reals[i, O_BUSINESS] = business
+    counts[_at(i, N_COUNT_FIELDS, O_MSGS_15S)] = m15s
+    counts[_at(i, N_COUNT_FIELDS, O_MSGS_1M)] = m1m
+    counts[_at(i, N_COUNT_FIELDS, O_MSGS_15M)] = m15m
+    counts[_at(i, N_COUNT_FIELDS, O_MSGS_1H)] = m1h
+    counts[_at(i, N_COUNT_FIELDS, O_MSGS_24H)] = m24
+    counts[_at(i, N_COUNT_FIELDS, O_CONTACT_KNOWN)] = known
+    counts[_at(i, N_COUNT_FIELDS, O_NON_CONTACT)] = non_contact
+    counts[_at(i, N_COUNT_FIELDS, O_FORWARDED)] = forwarded
+    counts[_at(i, N_COUNT_FIELDS, O_TYPING_KNOWN)] = typing_known
+    counts[_at(i, N_COUNT_FIELDS, O_NO_TYPING)] = no_typing
+    counts[_at(i, N_COUNT_FIELDS, O_GROUPS)] = groups
+    counts[_at(i, N_COUNT_FIELDS, O_MEMBERS)] = members
+    counts[_at(i, N_COUNT_FIELDS, O_REPORTS)] = reports
+    counts[_at(i, N_COUNT_FIELDS, O_BLOCKS)] = blocks
+    reals[_at(i, N_REAL_FIELDS, O_RECIPIENTS_1H)] = recipients_1h
+    reals[_at(i, N_REAL_FIELDS, O_RECIPIENTS_24H)] = recipients_24h
+    reals[_at(i, N_REAL_FIELDS, O_BUSINESS)] = business
     active_hours[i] = _popcount64(hours)
 
 
@@ -887,22 +912,24 @@ def _slide_small(heavy, heavy16, hidx, ring, total, n_buckets, bucket_s, old, no
     """Clear the leaving buckets of a ring of single 16-bit counts (half index ``ring``)."""
     lo, hi = _leaving_buckets(old, now, bucket_s, n_buckets)
     if hi - lo == n_buckets:  # the whole window left (a quiet account): no sums to keep
-        heavy16[hidx, ring : ring + n_buckets] = 0
-        heavy[hidx, total] = 0
+        heavy16[
+            _at(hidx, (2 * HEAVY_WORDS), ring) : _at(hidx, (2 * HEAVY_WORDS), ring + n_buckets)
+        ] = 0
+        heavy[_at(hidx, HEAVY_WORDS, total)] = 0
         return
     # Unconditional: which buckets are empty is data, branches on it mispredict.
     for b in range(lo, hi):
         q = ring + _mod(b, n_buckets)
-        heavy[hidx, total] -= heavy16[hidx, q]
-        heavy16[hidx, q] = 0
+        heavy[_at(hidx, HEAVY_WORDS, total)] -= heavy16[_at(hidx, (2 * HEAVY_WORDS), q)]
+        heavy16[_at(hidx, (2 * HEAVY_WORDS), q)] = 0
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _heavy_advance(heavy, heavy16, hidx, now):
-    old = np.int64(heavy[hidx, H_CLOCK])
+    old = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_CLOCK)])
     if now <= old:
         return
-    heavy[hidx, H_CLOCK] = now
+    heavy[_at(hidx, HEAVY_WORDS, H_CLOCK)] = now
     # Bucket sizes nest (1 s | 5 s | 1 min | 5 min | 1 h): once a ring's bucket is unchanged, so
     # are all longer rings' buckets, and nothing leaves them.
     _slide_small(heavy, heavy16, hidx, Q_RING_15S, H_TOT_15S, N15S, B15S_S, old, now)
@@ -916,46 +943,60 @@ def _heavy_advance(heavy, heavy16, hidx, now):
         return
     lo, hi = _leaving_buckets(old, now, B1H_S, N1H)
     if hi - lo == N1H:
-        heavy[hidx, H_RING_1H : H_RING_1H + N1H * B1H_WORDS] = 0
-        heavy[hidx, H_TOT_1H : H_TOT_1H + NF1] = 0
+        heavy[
+            _at(hidx, HEAVY_WORDS, H_RING_1H) : _at(hidx, HEAVY_WORDS, H_RING_1H + N1H * B1H_WORDS)
+        ] = 0
+        heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H) : _at(hidx, HEAVY_WORDS, H_TOT_1H + NF1)] = 0
     else:
         for b in range(lo, hi):
             w = H_RING_1H + _mod(b, N1H) * B1H_WORDS
             for f in range(NF1_HALVES):
-                heavy[hidx, H_TOT_1H + f] -= heavy16[hidx, 2 * w + f]
-            heavy[hidx, H_TOT_1H + F1_MEMBERS] -= heavy[hidx, w + B1H_WORDS - 1]
-            heavy[hidx, w : w + B1H_WORDS] = 0
+                heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + f)] -= heavy16[
+                    _at(hidx, (2 * HEAVY_WORDS), 2 * w + f)
+                ]
+            heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + F1_MEMBERS)] -= heavy[
+                _at(hidx, HEAVY_WORDS, w + B1H_WORDS - 1)
+            ]
+            heavy[_at(hidx, HEAVY_WORDS, w) : _at(hidx, HEAVY_WORDS, w + B1H_WORDS)] = 0
     if _div(old, B24H_S) == _div(now, B24H_S):
         return
     lo, hi = _leaving_buckets(old, now, B24H_S, N24H)
     if hi - lo == N24H:
-        heavy[hidx, H_RING_24H : H_RING_24H + N24H * B24H_WORDS] = 0
-        heavy[hidx, H_TOT_24H : H_TOT_24H + NF24] = 0
-        heavy[hidx, H_ACTIVE_HOURS] = 0
+        heavy[
+            _at(hidx, HEAVY_WORDS, H_RING_24H) : _at(
+                hidx, HEAVY_WORDS, H_RING_24H + N24H * B24H_WORDS
+            )
+        ] = 0
+        heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H) : _at(hidx, HEAVY_WORDS, H_TOT_24H + NF24)] = 0
+        heavy[_at(hidx, HEAVY_WORDS, H_ACTIVE_HOURS)] = 0
     else:
         for b in range(lo, hi):
             w = H_RING_24H + _mod(b, N24H) * B24H_WORDS
-            v = heavy[hidx, w]
-            heavy[hidx, H_ACTIVE_HOURS] -= v != 0
-            heavy[hidx, H_TOT_24H + F24_MSGS] -= v
+            v = heavy[_at(hidx, HEAVY_WORDS, w)]
+            heavy[_at(hidx, HEAVY_WORDS, H_ACTIVE_HOURS)] -= v != 0
+            heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + F24_MSGS)] -= v
             for f in range(1, NF24):
-                heavy[hidx, H_TOT_24H + f] -= heavy16[hidx, 2 * w + f + 1]
-            heavy[hidx, w : w + B24H_WORDS] = 0
+                heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + f)] -= heavy16[
+                    _at(hidx, (2 * HEAVY_WORDS), 2 * w + f + 1)
+                ]
+            heavy[_at(hidx, HEAVY_WORDS, w) : _at(hidx, HEAVY_WORDS, w + B24H_WORDS)] = 0
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _bump(heavy, hidx, idx, delta):
-    heavy[hidx, idx] = np.int64(heavy[hidx, idx]) + delta
+    heavy[_at(hidx, HEAVY_WORDS, idx)] = np.int64(heavy[_at(hidx, HEAVY_WORDS, idx)]) + delta
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _bump16(heavy, heavy16, hidx, q, total, delta):
     """Add ``delta`` >= 0 to the 16-bit count at half ``q``, saturating at RING_MAX, and what was
     added to the running total at word ``total``."""
-    old = np.int64(heavy16[hidx, q])
+    old = np.int64(heavy16[_at(hidx, (2 * HEAVY_WORDS), q)])
     new = min(old + delta, RING_MAX)
-    heavy16[hidx, q] = new
-    heavy[hidx, total] = np.int64(heavy[hidx, total]) + (new - old)
+    heavy16[_at(hidx, (2 * HEAVY_WORDS), q)] = new
+    heavy[_at(hidx, HEAVY_WORDS, total)] = np.int64(heavy[_at(hidx, HEAVY_WORDS, total)]) + (
+        new - old
+    )
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -974,17 +1015,21 @@ def _word_24h(ts):
 def _bump_recipient(heavy, heavy16, hidx, business, ts, delta):
     """Count (+1) or uncount (-1) a recipient last messaged at ``ts`` in the distinct histograms
     (16-bit, never beyond MAX_EXACT_RECIPIENTS: no saturation needed)."""
-    clock = np.int64(heavy[hidx, H_CLOCK])
+    clock = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_CLOCK)])
     field = F24_BUSINESS
     if not business:
         field = F24_RECIPIENTS
         if _in_window(ts, clock, B1H_S, N1H):
             q = _half_1h(ts, F1_RECIPIENTS)
-            heavy16[hidx, q] = np.int64(heavy16[hidx, q]) + delta
+            heavy16[_at(hidx, (2 * HEAVY_WORDS), q)] = (
+                np.int64(heavy16[_at(hidx, (2 * HEAVY_WORDS), q)]) + delta
+            )
             _bump(heavy, hidx, H_TOT_1H + F1_RECIPIENTS, delta)
     if _in_window(ts, clock, B24H_S, N24H):
         q = 2 * _word_24h(ts) + field + 1
-        heavy16[hidx, q] = np.int64(heavy16[hidx, q]) + delta
+        heavy16[_at(hidx, (2 * HEAVY_WORDS), q)] = (
+            np.int64(heavy16[_at(hidx, (2 * HEAVY_WORDS), q)]) + delta
+        )
         _bump(heavy, hidx, H_TOT_24H + field, delta)
 
 
@@ -1006,19 +1051,23 @@ def _pair_home(hidx, business, fp, cap):
 def _pair_probe(pairs, home, hidx, genbiz, fp, dead_hour):
     """(index of the pair or -1, first reusable index or -1): empty, or last used before
     ``dead_hour`` (outside every window from now on)."""
-    cap = pairs.shape[0]
+    cap = _pair_capacity(pairs)
     dead_before = (dead_hour + 1) * B24H_S  # last used before: hour <= dead_hour
     p = home
     reuse = -1
     for _ in range(min(PAIR_PROBE, cap)):
-        owner = pairs[p, PAIR_OWNER]
+        owner = pairs[_at(p, PAIR_WORDS, PAIR_OWNER)]
         if owner == NO_INDEX:
             if reuse < 0:
                 reuse = p
             return -1, reuse
-        if owner == hidx and pairs[p, PAIR_FP] == fp and pairs[p, PAIR_GENBIZ] == genbiz:
+        if (
+            owner == hidx
+            and pairs[_at(p, PAIR_WORDS, PAIR_FP)] == fp
+            and pairs[_at(p, PAIR_WORDS, PAIR_GENBIZ)] == genbiz
+        ):
             return p, -1
-        if reuse < 0 and np.int64(pairs[p, PAIR_LAST]) < dead_before:
+        if reuse < 0 and np.int64(pairs[_at(p, PAIR_WORDS, PAIR_LAST)]) < dead_before:
             reuse = p
         p += 1
         if p == cap:
@@ -1030,27 +1079,34 @@ def _pair_probe(pairs, home, hidx, genbiz, fp, dead_hour):
 def _pair_make_room(pairs, heavy, heavy16, counters, home):
     """Index to overwrite in a probe window full of live pairs: a pair of a released heavy row, else
     the least recently used pair, which its owner forgets (counted)."""
-    cap = pairs.shape[0]
+    cap = _pair_capacity(pairs)
     p = home
     victim = home
     victim_last = _BIG
     for _ in range(min(PAIR_PROBE, cap)):
-        owner = np.int64(pairs[p, PAIR_OWNER])
+        owner = np.int64(pairs[_at(p, PAIR_WORDS, PAIR_OWNER)])
         if (
             owner == NO_INDEX
-            or heavy[owner, H_OWNER] == NO_INDEX
-            or heavy[owner, H_GEN] != pairs[p, PAIR_GENBIZ] >> 1
+            or heavy[_at(owner, HEAVY_WORDS, H_OWNER)] == NO_INDEX
+            or heavy[_at(owner, HEAVY_WORDS, H_GEN)] != pairs[_at(p, PAIR_WORDS, PAIR_GENBIZ)] >> 1
         ):
             return p
-        last = np.int64(pairs[p, PAIR_LAST])
+        last = np.int64(pairs[_at(p, PAIR_WORDS, PAIR_LAST)])
         if last < victim_last:
             victim = p
             victim_last = last
         p += 1
         if p == cap:
             p = 0
-    business = np.int64(pairs[victim, PAIR_GENBIZ]) & 1
-    _bump_recipient(heavy, heavy16, np.int64(pairs[victim, PAIR_OWNER]), business, victim_last, -1)
+    business = np.int64(pairs[_at(victim, PAIR_WORDS, PAIR_GENBIZ)]) & 1
+    _bump_recipient(
+        heavy,
+        heavy16,
+        np.int64(pairs[_at(victim, PAIR_WORDS, PAIR_OWNER)]),
+        business,
+        victim_last,
+        -1,
+    )
     counters[C_PAIR_EVICTIONS] += 1
     return victim
 
@@ -1117,15 +1173,15 @@ def _sketch_attach(heavy, sketch_regs, sketch_meta, counters, hidx, business, de
         if owner < 0:
             chosen = s
             break
-        if _div(heavy[owner, H_CLOCK], B24H_S) <= dead_hour:
-            heavy[owner, H_SKETCH + sketch_meta[s, SK_KIND]] = NO_INDEX
+        if _div(heavy[_at(owner, HEAVY_WORDS, H_CLOCK)], B24H_S) <= dead_hour:
+            heavy[_at(owner, HEAVY_WORDS, H_SKETCH + sketch_meta[s, SK_KIND])] = NO_INDEX
             counters[C_SKETCH_RECLAIMS] += 1
             chosen = s
             break
     if chosen < 0:
         counters[C_SKETCH_DENIED] += 1
         return -1
-    clock = np.int64(heavy[hidx, H_CLOCK])
+    clock = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_CLOCK)])
     sketch_regs[chosen] = 0
     sketch_meta[chosen] = 0
     sketch_meta[chosen, SK_HIST_1H] = hll.REGISTERS
@@ -1134,7 +1190,7 @@ def _sketch_attach(heavy, sketch_regs, sketch_meta, counters, hidx, business, de
     sketch_meta[chosen, SK_KIND] = business
     sketch_meta[chosen, SK_CLOCK_1H] = _div(clock, B1H_S)
     sketch_meta[chosen, SK_CLOCK_24H] = _div(clock, B24H_S)
-    heavy[hidx, H_SKETCH + business] = chosen
+    heavy[_at(hidx, HEAVY_WORDS, H_SKETCH + business)] = chosen
     counters[C_SKETCH_PROMOTIONS] += 1
     return chosen
 
@@ -1150,27 +1206,27 @@ def _recipient_seen(
 ):  # fmt: skip
     """A message of heavy row ``hidx`` to recipient ``fp`` at ``ts``: update the pair (exact part)
     or the sketch."""
-    clock = np.int64(heavy[hidx, H_CLOCK])
-    genbiz = (np.int64(heavy[hidx, H_GEN]) << 1) | business
-    home = _pair_home(hidx, business, fp, pairs.shape[0])
+    clock = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_CLOCK)])
+    genbiz = (np.int64(heavy[_at(hidx, HEAVY_WORDS, H_GEN)]) << 1) | business
+    home = _pair_home(hidx, business, fp, _pair_capacity(pairs))
     found, reuse = _pair_probe(pairs, home, hidx, genbiz, fp, dead_hour)
     if found >= 0:
-        last = np.int64(pairs[found, PAIR_LAST])
+        last = np.int64(pairs[_at(found, PAIR_WORDS, PAIR_LAST)])
         if ts > last:
             # Moving within one 5 min bucket (hence within one hour) changes no count.
             if _div(ts, B1H_S) != _div(last, B1H_S):
                 _bump_recipient(heavy, heavy16, hidx, business, last, -1)
                 _bump_recipient(heavy, heavy16, hidx, business, ts, 1)
-            pairs[found, PAIR_LAST] = ts
+            pairs[_at(found, PAIR_WORDS, PAIR_LAST)] = ts
         return
-    sk = np.int64(heavy[hidx, H_SKETCH + business])
+    sk = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_SKETCH + business)])
     if sk != NO_INDEX:
         _sketch_add(sketch_regs, sketch_meta, sk, fp, ts, clock)
         return
     if not _in_window(ts, clock, B24H_S, N24H):
         return
     field = F24_BUSINESS if business else F24_RECIPIENTS
-    distinct = np.int64(heavy[hidx, H_TOT_24H + field])
+    distinct = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + field)])
     has_pool = sketch_meta.shape[0] > 0
     if distinct >= MAX_EXACT_RECIPIENTS:
         # The exact part is full (its 16-bit buckets could overflow): a sketch, else uncounted.
@@ -1194,10 +1250,10 @@ def _recipient_seen(
                 _sketch_add(sketch_regs, sketch_meta, sk, fp, ts, clock)
                 return
         reuse = _pair_make_room(pairs, heavy, heavy16, counters, home)
-    pairs[reuse, PAIR_OWNER] = hidx
-    pairs[reuse, PAIR_GENBIZ] = genbiz
-    pairs[reuse, PAIR_FP] = fp
-    pairs[reuse, PAIR_LAST] = ts
+    pairs[_at(reuse, PAIR_WORDS, PAIR_OWNER)] = hidx
+    pairs[_at(reuse, PAIR_WORDS, PAIR_GENBIZ)] = genbiz
+    pairs[_at(reuse, PAIR_WORDS, PAIR_FP)] = fp
+    pairs[_at(reuse, PAIR_WORDS, PAIR_LAST)] = ts
     _bump_recipient(heavy, heavy16, hidx, business, ts, 1)
     over = distinct - exact  # distinct after this one, minus (exact + 1)
     if has_pool and over >= 0 and over % SKETCH_RETRY == 0:
@@ -1210,16 +1266,18 @@ def _heavy_apply(
     has_peer, dead_hour, exact,
 ):  # fmt: skip
     """Count one event (``ts`` <= the row's clock) in the rings of heavy row ``hidx``."""
-    clock = np.int64(heavy[hidx, H_CLOCK])
+    clock = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_CLOCK)])
+    # Most events are their account's newest: in every window, so no window is tested.
+    newest = ts == clock
     if kind == MESSAGE:
-        if _in_window(ts, clock, B15S_S, N15S):
+        if newest or _in_window(ts, clock, B15S_S, N15S):
             _bump16(heavy, heavy16, hidx, Q_RING_15S + _mod(_div(ts, B15S_S), N15S), H_TOT_15S, 1)
-        if _in_window(ts, clock, B1M_S, N1M):
+        if newest or _in_window(ts, clock, B1M_S, N1M):
             _bump16(heavy, heavy16, hidx, Q_RING_1M + _mod(_div(ts, B1M_S), N1M), H_TOT_1M, 1)
-        if _in_window(ts, clock, B15M_S, N15M):
+        if newest or _in_window(ts, clock, B15M_S, N15M):
             q = Q_RING_15M + _mod(_div(ts, B15M_S), N15M)
             _bump16(heavy, heavy16, hidx, q, H_TOT_15M, 1)
-        if _in_window(ts, clock, B1H_S, N1H):
+        if newest or _in_window(ts, clock, B1H_S, N1H):
             q = _half_1h(ts, 0)
             # 0/1 increments without branches: the flags are data, their branches mispredict.
             known = np.int64((flags & CONTACT_KNOWN) != 0)
@@ -1237,9 +1295,9 @@ def _heavy_apply(
                 heavy, heavy16, hidx, q + F1_TYPING_KNOWN, H_TOT_1H + F1_TYPING_KNOWN, typing_known
             )
             _bump16(heavy, heavy16, hidx, q + F1_NO_TYPING, H_TOT_1H + F1_NO_TYPING, no_typing)
-        if _in_window(ts, clock, B24H_S, N24H):
+        if newest or _in_window(ts, clock, B24H_S, N24H):
             w = _word_24h(ts)
-            if heavy[hidx, w] == 0:
+            if heavy[_at(hidx, HEAVY_WORDS, w)] == 0:
                 _bump(heavy, hidx, H_ACTIVE_HOURS, 1)
             _bump(heavy, hidx, w, 1)
             _bump(heavy, hidx, H_TOT_24H + F24_MSGS, 1)
@@ -1250,13 +1308,13 @@ def _heavy_apply(
                     aux, ts, dead_hour, exact,
                 )  # fmt: skip
     elif kind == GROUP_CREATE:
-        if _in_window(ts, clock, B1H_S, N1H):
+        if newest or _in_window(ts, clock, B1H_S, N1H):
             _bump16(heavy, heavy16, hidx, _half_1h(ts, F1_GROUPS), H_TOT_1H + F1_GROUPS, 1)
     elif kind == GROUP_ADD:
-        if _in_window(ts, clock, B1H_S, N1H):
+        if newest or _in_window(ts, clock, B1H_S, N1H):
             _bump(heavy, hidx, _half_1h(ts, 0) // 2 + B1H_WORDS - 1, aux)
             _bump(heavy, hidx, H_TOT_1H + F1_MEMBERS, aux)
-    elif kind in (REPORT, BLOCK) and _in_window(ts, clock, B24H_S, N24H):
+    elif kind in (REPORT, BLOCK) and (newest or _in_window(ts, clock, B24H_S, N24H)):
         field = F24_REPORTS if kind == REPORT else F24_BLOCKS
         _bump16(heavy, heavy16, hidx, 2 * _word_24h(ts) + field + 1, H_TOT_24H + field, 1)
 
@@ -1265,16 +1323,16 @@ def _heavy_apply(
 def _heavy_alloc(rows, heavy, sketch_meta, counters, slot, now, dead_hour):
     """A heavy row for account ``slot``: free, else reclaimed from an owner idle for 24 h (no loss),
     else taken from the least recently active of HEAVY_SCAN rows (its owner restarts light)."""
-    cap = heavy.shape[0]
+    cap = _heavy_capacity(heavy)
     x = counters[C_HEAVY_HAND] % cap
     chosen = -1
     lru = x
     lru_clock = _BIG
     for _ in range(min(HEAVY_SCAN, cap)):
-        if heavy[x, H_OWNER] == NO_INDEX:
+        if heavy[_at(x, HEAVY_WORDS, H_OWNER)] == NO_INDEX:
             chosen = x
             break
-        clock = np.int64(heavy[x, H_CLOCK])
+        clock = np.int64(heavy[_at(x, HEAVY_WORDS, H_CLOCK)])
         if _div(clock, B24H_S) <= dead_hour:
             counters[C_HEAVY_RECLAIMS] += 1
             chosen = x
@@ -1288,20 +1346,20 @@ def _heavy_alloc(rows, heavy, sketch_meta, counters, slot, now, dead_hour):
     if chosen < 0:
         chosen = lru
         counters[C_HEAVY_EVICTIONS] += 1
-    owner = np.int64(heavy[chosen, H_OWNER])
+    owner = np.int64(heavy[_at(chosen, HEAVY_WORDS, H_OWNER)])
     if owner != NO_INDEX:
-        rows[owner, L_HEAVY] = NO_INDEX
+        rows[_at(owner, ROW_WORDS, L_HEAVY)] = NO_INDEX
         _release_heavy(heavy, sketch_meta, chosen)
     counters[C_HEAVY_HAND] = (chosen + 1) % cap
     for w in range(HEAVY_WORDS):
-        heavy[chosen, w] = 0
-    heavy[chosen, H_OWNER] = slot
-    heavy[chosen, H_GEN] = counters[C_GENERATION] & 0x7FFFFFFF
+        heavy[_at(chosen, HEAVY_WORDS, w)] = 0
+    heavy[_at(chosen, HEAVY_WORDS, H_OWNER)] = slot
+    heavy[_at(chosen, HEAVY_WORDS, H_GEN)] = counters[C_GENERATION] & 0x7FFFFFFF
     counters[C_GENERATION] += 1
-    heavy[chosen, H_SKETCH] = NO_INDEX
-    heavy[chosen, H_SKETCH + 1] = NO_INDEX
-    heavy[chosen, H_CLOCK] = now
-    rows[slot, L_HEAVY] = chosen
+    heavy[_at(chosen, HEAVY_WORDS, H_SKETCH)] = NO_INDEX
+    heavy[_at(chosen, HEAVY_WORDS, H_SKETCH + 1)] = NO_INDEX
+    heavy[_at(chosen, HEAVY_WORDS, H_CLOCK)] = now
+    rows[_at(slot, ROW_WORDS, L_HEAVY)] = chosen
     counters[C_PROMOTIONS] += 1
     return chosen
 
@@ -1311,26 +1369,34 @@ def _promote(
     rows, heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, slot, dead_hour, exact
 ):  # fmt: skip
     """Move a light account's log into a heavy row; returns the row."""
-    now = np.int64(rows[slot, L_NOW])
+    now = np.int64(rows[_at(slot, ROW_WORDS, L_NOW)])
     hidx = _heavy_alloc(rows, heavy, sketch_meta, counters, slot, now, dead_hour)
     for k in range(LOG_SLOTS):  # the replay probes a pair per message: start their loads now
-        tag = np.int64(rows[slot, L_LOG + 2 * k])
+        tag = np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)])
         if (tag >> TAG_TYPE_SHIFT) & 7 == MESSAGE and tag & (TAG_VALID | TAG_NO_PEER) == TAG_VALID:
-            fp = rows[slot, L_LOG + 2 * k + 1]
-            prefetch(pairs, _pair_home(hidx, 0, fp, pairs.shape[0]), 0)
+            fp = rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)]
+            prefetch(
+                pairs,
+                _at(_pair_home(hidx, 0, fp, _pair_capacity(pairs)), PAIR_WORDS, 0),
+                0,
+            )
             if (tag >> TAG_FLAGS_SHIFT) & BUSINESS:
-                prefetch(pairs, _pair_home(hidx, 1, fp, pairs.shape[0]), 0)
+                prefetch(
+                    pairs,
+                    _at(_pair_home(hidx, 1, fp, _pair_capacity(pairs)), PAIR_WORDS, 0),
+                    0,
+                )
     for k in range(LOG_SLOTS):
-        tag = np.int64(rows[slot, L_LOG + 2 * k])
+        tag = np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)])
         if tag == 0:
             continue
         _heavy_apply(
             heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, hidx, _log_ts(tag, now),
             (tag >> TAG_TYPE_SHIFT) & 7, (tag >> TAG_FLAGS_SHIFT) & LOG_FLAGS,
-            np.int64(rows[slot, L_LOG + 2 * k + 1]), (tag & TAG_NO_PEER) == 0, dead_hour, exact,
+            np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)]), (tag & TAG_NO_PEER) == 0, dead_hour, exact,
         )  # fmt: skip
-        rows[slot, L_LOG + 2 * k] = 0
-        rows[slot, L_LOG + 2 * k + 1] = 0
+        rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)] = 0
+        rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)] = 0
     return hidx
 
 
@@ -1340,66 +1406,78 @@ def _promote(
 
 @njit(cache=True, nogil=True, inline="always")
 def _heavy_features(heavy, sketch_regs, sketch_meta, hidx, counts, reals, active_hours, i):
-    clock = np.int64(heavy[hidx, H_CLOCK])
-    recipients_1h = float(heavy[hidx, H_TOT_1H + F1_RECIPIENTS])
-    recipients_24h = float(heavy[hidx, H_TOT_24H + F24_RECIPIENTS])
-    business = float(heavy[hidx, H_TOT_24H + F24_BUSINESS])
-    sk = np.int64(heavy[hidx, H_SKETCH])
+    clock = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_CLOCK)])
+    recipients_1h = float(heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + F1_RECIPIENTS)])
+    recipients_24h = float(heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + F24_RECIPIENTS)])
+    business = float(heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + F24_BUSINESS)])
+    sk = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_SKETCH)])
     if sk != NO_INDEX:
         recipients_1h += _sketch_estimate(sketch_regs, sketch_meta, sk, clock, SK_HIST_1H)
         recipients_24h += _sketch_estimate(sketch_regs, sketch_meta, sk, clock, SK_HIST_24H)
-    sk = np.int64(heavy[hidx, H_SKETCH + 1])
+    sk = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_SKETCH + 1)])
     if sk != NO_INDEX:
         business += _sketch_estimate(sketch_regs, sketch_meta, sk, clock, SK_HIST_24H)
-    counts[i, O_MSGS_15S] = heavy[hidx, H_TOT_15S]
-    counts[i, O_MSGS_1M] = heavy[hidx, H_TOT_1M]
-    counts[i, O_MSGS_15M] = heavy[hidx, H_TOT_15M]
-    counts[i, O_MSGS_1H] = heavy[hidx, H_TOT_1H + F1_MSGS]
-    counts[i, O_MSGS_24H] = heavy[hidx, H_TOT_24H + F24_MSGS]
-    counts[i, O_CONTACT_KNOWN] = heavy[hidx, H_TOT_1H + F1_CONTACT_KNOWN]
-    counts[i, O_NON_CONTACT] = heavy[hidx, H_TOT_1H + F1_NON_CONTACT]
-    counts[i, O_FORWARDED] = heavy[hidx, H_TOT_1H + F1_FORWARDED]
-    counts[i, O_TYPING_KNOWN] = heavy[hidx, H_TOT_1H + F1_TYPING_KNOWN]
-    counts[i, O_NO_TYPING] = heavy[hidx, H_TOT_1H + F1_NO_TYPING]
-    counts[i, O_GROUPS] = heavy[hidx, H_TOT_1H + F1_GROUPS]
-    counts[i, O_MEMBERS] = heavy[hidx, H_TOT_1H + F1_MEMBERS]
-    counts[i, O_REPORTS] = heavy[hidx, H_TOT_24H + F24_REPORTS]
-    counts[i, O_BLOCKS] = heavy[hidx, H_TOT_24H + F24_BLOCKS]
-    reals[i, O_RECIPIENTS_1H] = recipients_1h
-    reals[i, O_RECIPIENTS_24H] = recipients_24h
-    reals[i, O_BUSINESS] = business
-    active_hours[i] = heavy[hidx, H_ACTIVE_HOURS]
+    counts[_at(i, N_COUNT_FIELDS, O_MSGS_15S)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_15S)]
+    counts[_at(i, N_COUNT_FIELDS, O_MSGS_1M)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_1M)]
+    counts[_at(i, N_COUNT_FIELDS, O_MSGS_15M)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_15M)]
+    counts[_at(i, N_COUNT_FIELDS, O_MSGS_1H)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + F1_MSGS)]
+    counts[_at(i, N_COUNT_FIELDS, O_MSGS_24H)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + F24_MSGS)]
+    counts[_at(i, N_COUNT_FIELDS, O_CONTACT_KNOWN)] = heavy[
+        _at(hidx, HEAVY_WORDS, H_TOT_1H + F1_CONTACT_KNOWN)
+    ]
+    counts[_at(i, N_COUNT_FIELDS, O_NON_CONTACT)] = heavy[
+        _at(hidx, HEAVY_WORDS, H_TOT_1H + F1_NON_CONTACT)
+    ]
+    counts[_at(i, N_COUNT_FIELDS, O_FORWARDED)] = heavy[
+        _at(hidx, HEAVY_WORDS, H_TOT_1H + F1_FORWARDED)
+    ]
+    counts[_at(i, N_COUNT_FIELDS, O_TYPING_KNOWN)] = heavy[
+        _at(hidx, HEAVY_WORDS, H_TOT_1H + F1_TYPING_KNOWN)
+    ]
+    counts[_at(i, N_COUNT_FIELDS, O_NO_TYPING)] = heavy[
+        _at(hidx, HEAVY_WORDS, H_TOT_1H + F1_NO_TYPING)
+    ]
+    counts[_at(i, N_COUNT_FIELDS, O_GROUPS)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + F1_GROUPS)]
+    counts[_at(i, N_COUNT_FIELDS, O_MEMBERS)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + F1_MEMBERS)]
+    counts[_at(i, N_COUNT_FIELDS, O_REPORTS)] = heavy[
+        _at(hidx, HEAVY_WORDS, H_TOT_24H + F24_REPORTS)
+    ]
+    counts[_at(i, N_COUNT_FIELDS, O_BLOCKS)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + F24_BLOCKS)]
+    reals[_at(i, N_REAL_FIELDS, O_RECIPIENTS_1H)] = recipients_1h
+    reals[_at(i, N_REAL_FIELDS, O_RECIPIENTS_24H)] = recipients_24h
+    reals[_at(i, N_REAL_FIELDS, O_BUSINESS)] = business
+    active_hours[i] = heavy[_at(hidx, HEAVY_WORDS, H_ACTIVE_HOURS)]
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _row_features(rows, slot, ts_ms, reals, gap_counts, i):
     """Gap statistics and age, kept in the light row of every account."""
-    meta = np.int64(rows[slot, L_META])
+    meta = np.int64(rows[_at(slot, ROW_WORDS, L_META)])
     count = meta & 0x1F
     gap_counts[i] = count
     # Every value is computed and the defined one selected: how many gaps an account has is data.
     # std / mean = sqrt(n * sum(g^2) - sum(g)^2) / sum(g), from exact integer running sums; all
     # gaps 0 gives 0 / 1.
-    total = np.int64(rows[slot, L_GAP_SUM])
+    total = np.int64(rows[_at(slot, ROW_WORDS, L_GAP_SUM)])
     spread = count * _get_i64(rows, slot, L_GAP_SQUARES) - total * total
     mean_s = total / max(count, 1) / 1000.0
     cv = math.sqrt(spread) / max(total, 1)
-    age_s = (ts_ms - np.int64(rows[slot, L_CREATED]) * 1000) / 1000.0
-    reals[i, O_GAP_MEAN] = mean_s if count > 0 else np.nan
-    reals[i, O_GAP_CV] = cv if count >= GAP_MIN else np.nan
-    reals[i, O_AGE] = age_s if meta & META_CREATED_KNOWN else np.nan
+    age_s = (ts_ms - np.int64(rows[_at(slot, ROW_WORDS, L_CREATED)]) * 1000) / 1000.0
+    reals[_at(i, N_REAL_FIELDS, O_GAP_MEAN)] = mean_s if count > 0 else np.nan
+    reals[_at(i, N_REAL_FIELDS, O_GAP_CV)] = cv if count >= GAP_MIN else np.nan
+    reals[_at(i, N_REAL_FIELDS, O_AGE)] = age_s if meta & META_CREATED_KNOWN else np.nan
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _zero_features(counts, reals, gap_counts, active_hours, i):
-    for f in range(counts.shape[1]):
-        counts[i, f] = 0
-    reals[i, O_RECIPIENTS_1H] = 0.0
-    reals[i, O_RECIPIENTS_24H] = 0.0
-    reals[i, O_BUSINESS] = 0.0
-    reals[i, O_GAP_CV] = np.nan
-    reals[i, O_GAP_MEAN] = np.nan
-    reals[i, O_AGE] = np.nan
+    for f in range(N_COUNT_FIELDS):
+        counts[_at(i, N_COUNT_FIELDS, f)] = 0
+    reals[_at(i, N_REAL_FIELDS, O_RECIPIENTS_1H)] = 0.0
+    reals[_at(i, N_REAL_FIELDS, O_RECIPIENTS_24H)] = 0.0
+    reals[_at(i, N_REAL_FIELDS, O_BUSINESS)] = 0.0
+    reals[_at(i, N_REAL_FIELDS, O_GAP_CV)] = np.nan
+    reals[_at(i, N_REAL_FIELDS, O_GAP_MEAN)] = np.nan
+    reals[_at(i, N_REAL_FIELDS, O_AGE)] = np.nan
     gap_counts[i] = 0
     active_hours[i] = 0
 
@@ -1462,14 +1540,14 @@ def _search_ahead(keys, rows, hashes, r, first, last, log_line):
         k = keys[slot]
         if k == subject:
             hashes[r + R_SLOT] = slot
-            prefetch(rows, slot, 0)
+            prefetch(rows, _at(slot, ROW_WORDS, 0), 0)
             if log_line:
-                prefetch(rows, slot, L_LOG)
+                prefetch(rows, _at(slot, ROW_WORDS, L_LOG), 0)
             return True
         if k == 0:
             hashes[r + R_SLOT] = NOT_FOUND
-            prefetch(rows, slot, 0)
-            prefetch(rows, slot, L_LOG)
+            prefetch(rows, _at(slot, ROW_WORDS, 0), 0)
+            prefetch(rows, _at(slot, ROW_WORDS, L_LOG), 0)
             return True
         slot += 1
         if slot == cap:
@@ -1514,30 +1592,36 @@ def _prefetch_heavy(keys, rows, heavy, pairs, hashes, i, kind, ts_ms, peer, flag
             cap = keys.shape[0]
             home = np.int64(hashes[r + R_HOME])
             for j in range(min(probe, EVICTION_SCAN)):
-                prefetch(rows, _wrap(home + j, cap), 0)
+                prefetch(rows, _at(_wrap(home + j, cap), ROW_WORDS, 0), 0)
         return  # the row is not in cache yet
     if found == NOT_FOUND:
         return
-    hidx = np.int64(rows[np.int64(found), L_HEAVY])
+    hidx = np.int64(rows[_at(np.int64(found), ROW_WORDS, L_HEAVY)])
     if hidx == NO_INDEX:
-        prefetch(rows, np.int64(found), L_LOG)  # the log, in the row's second cache line
+        prefetch(
+            rows, _at(np.int64(found), ROW_WORDS, L_LOG), 0
+        )  # the log, in the row's second cache line
         return
     # Header, totals and the 15 s, 1 min and 15 min rings: words 0-43, three cache lines.
-    prefetch(heavy, hidx, 0)
-    prefetch(heavy, hidx, 16)
-    prefetch(heavy, hidx, 32)
+    prefetch(heavy, _at(hidx, HEAVY_WORDS, 0), 0)
+    prefetch(heavy, _at(hidx, HEAVY_WORDS, 16), 0)
+    prefetch(heavy, _at(hidx, HEAVY_WORDS, 32), 0)
     ts = _div(ts_ms, 1000)
     w = _half_1h(ts, 0) // 2
-    prefetch(heavy, hidx, w)
-    prefetch(heavy, hidx, w + B1H_WORDS - 1)
+    prefetch(heavy, _at(hidx, HEAVY_WORDS, w), 0)
+    prefetch(heavy, _at(hidx, HEAVY_WORDS, w + B1H_WORDS - 1), 0)
     w = _word_24h(ts)
-    prefetch(heavy, hidx, w)
-    prefetch(heavy, hidx, w + B24H_WORDS - 1)
+    prefetch(heavy, _at(hidx, HEAVY_WORDS, w), 0)
+    prefetch(heavy, _at(hidx, HEAVY_WORDS, w + B24H_WORDS - 1), 0)
     if kind == MESSAGE and peer != 0:
         fp = np.uint32(hashes[r + R_FP])
-        prefetch(pairs, _pair_home(hidx, 0, fp, pairs.shape[0]), 0)
+        prefetch(pairs, _at(_pair_home(hidx, 0, fp, _pair_capacity(pairs)), PAIR_WORDS, 0), 0)
         if flags & BUSINESS:
-            prefetch(pairs, _pair_home(hidx, 1, fp, pairs.shape[0]), 0)
+            prefetch(
+                pairs,
+                _at(_pair_home(hidx, 1, fp, _pair_capacity(pairs)), PAIR_WORDS, 0),
+                0,
+            )
 
 
 # No reference counting in the batch kernel: it allocates nothing, and the caller owns every array
@@ -1594,7 +1678,7 @@ def _update_accounts(
             if slot < 0:
                 _zero_features(counts, reals, gap_counts, active_hours, i)
                 continue
-            hidx = np.int64(rows[slot, L_HEAVY])
+            hidx = np.int64(rows[_at(slot, ROW_WORDS, L_HEAVY)])
         else:
             late[i] = False
             if ts > now_ms:
@@ -1610,7 +1694,7 @@ def _update_accounts(
                 keys, rows, heavy, sketch_meta, counters, subject, home, hashes[r + R_SLOT], ts_s,
                 now_s, ttl_s, probe,
             )  # fmt: skip
-            old_clock = np.int64(rows[slot, L_NOW])
+            old_clock = np.int64(rows[_at(slot, ROW_WORDS, L_NOW)])
             clock = max(old_clock, ts_s)
             if kind == MESSAGE:
                 _record_message_time(rows, slot, ts, old_clock)
@@ -1628,7 +1712,7 @@ def _update_accounts(
                 aux = np.int64(hashes[r + R_FP])
             elif kind == GROUP_ADD:
                 aux = min(max(np.int64(members[i]), 0), MAX_MEMBERS_PER_EVENT)
-            hidx = np.int64(rows[slot, L_HEAVY])
+            hidx = np.int64(rows[_at(slot, ROW_WORDS, L_HEAVY)])
             to_heavy = kind != REGISTRATION
             if hidx == NO_INDEX:
                 _light_advance(rows, slot, clock)
@@ -1640,7 +1724,7 @@ def _update_accounts(
                         dead_hour, exact,
                     )  # fmt: skip
             else:
-                rows[slot, L_NOW] = clock
+                rows[_at(slot, ROW_WORDS, L_NOW)] = clock
                 _heavy_advance(heavy, heavy16, hidx, clock)
             if to_heavy:
                 _heavy_apply(
@@ -1723,7 +1807,22 @@ def update_accounts(
         hashes = np.empty(HASH_RING * R_WORDS, dtype=np.uint64)  # scratch of the batch kernel
         heavy16 = state.heavy.view(np.uint16)  # the same memory, for the 16-bit ring counts
         _update_accounts(
-            *state, heavy16, *columns, counts, reals, gap_counts, active_hours, late, hashes
+            state.keys,
+            state.rows.reshape(-1),
+            state.heavy.reshape(-1),
+            state.pairs.reshape(-1),
+            state.sketch_regs,
+            state.sketch_meta,
+            state.params,
+            state.counters,
+            heavy16.reshape(-1),
+            *columns,
+            counts.reshape(-1),
+            reals.reshape(-1),
+            gap_counts,
+            active_hours,
+            late,
+            hashes,
         )
     features = dict(zip(COUNT_FIELDS, counts.T, strict=True))
     features.update(zip(REAL_FIELDS, reals.T, strict=True))
@@ -1741,21 +1840,24 @@ def _usage(keys, rows, heavy, pairs, sketch_meta, params, counters):
     now_s = now_ms // 1000 if now_ms != NO_TIME else 0
     tracked = 0
     for slot in range(keys.shape[0]):
-        if keys[slot] != 0 and now_s - np.int64(rows[slot, L_NOW]) <= params[P_TTL_S]:
+        if (
+            keys[slot] != 0
+            and now_s - np.int64(rows[_at(slot, ROW_WORDS, L_NOW)]) <= params[P_TTL_S]
+        ):
             tracked += 1
     heavy_used = 0
-    for x in range(heavy.shape[0]):
-        if heavy[x, H_OWNER] != NO_INDEX:
+    for x in range(_heavy_capacity(heavy)):
+        if heavy[_at(x, HEAVY_WORDS, H_OWNER)] != NO_INDEX:
             heavy_used += 1
     dead_hour = _div(max(now_s - params[P_LATENESS_S], 0), B24H_S) - N24H
     pairs_live = 0
-    for p in range(pairs.shape[0]):
-        owner = np.int64(pairs[p, PAIR_OWNER])
+    for p in range(_pair_capacity(pairs)):
+        owner = np.int64(pairs[_at(p, PAIR_WORDS, PAIR_OWNER)])
         if (
             owner != NO_INDEX
-            and heavy[owner, H_OWNER] != NO_INDEX
-            and heavy[owner, H_GEN] == pairs[p, PAIR_GENBIZ] >> 1
-            and np.int64(pairs[p, PAIR_LAST]) // B24H_S > dead_hour
+            and heavy[_at(owner, HEAVY_WORDS, H_OWNER)] != NO_INDEX
+            and heavy[_at(owner, HEAVY_WORDS, H_GEN)] == pairs[_at(p, PAIR_WORDS, PAIR_GENBIZ)] >> 1
+            and np.int64(pairs[_at(p, PAIR_WORDS, PAIR_LAST)]) // B24H_S > dead_hour
         ):
             pairs_live += 1
     sketches_used = 0
@@ -1774,7 +1876,7 @@ def account_state_stats(state: AccountState) -> dict:
     """Occupancy, policy counters (evictions, expirations, late events...) and memory of a state."""
     _check_state(state)
     tracked, heavy_used, pairs_live, sketches_used = _usage(
-        state.keys, state.rows, state.heavy, state.pairs, state.sketch_meta, state.params,
+        state.keys, state.rows.reshape(-1), state.heavy.reshape(-1), state.pairs.reshape(-1), state.sketch_meta, state.params,
         state.counters,
     )  # fmt: skip
     c = state.counters
