@@ -117,11 +117,11 @@ from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
 
 from . import hll
-from .hashtable import MAX_TABLE_CAPACITY, fingerprint32, home_slot, prefetch
+from .hashtable import MAX_TABLE_CAPACITY, copy_block, fingerprint32, home_slot, prefetch
 
 # 2: pair placement (_pair_home) changed; 3: compact heavy rows; 4: 704-byte, line-aligned heavy rows;
-# 5: newest-recipient bits in the light log
-LAYOUT_VERSION = 5
+# 5: newest-recipient bits in the light log; 6: heavy totals in COUNT_FIELDS order
+LAYOUT_VERSION = 6
 
 # Event types and flag bits of the columnar batch (docs/architecture.md).
 MESSAGE, REGISTRATION, REPORT, BLOCK, GROUP_CREATE, GROUP_ADD = 0, 1, 2, 3, 4, 5
@@ -206,15 +206,12 @@ H_GEN = 1  # generation, tags the row's recipient pairs
 H_SKETCH = 2  # sketch of all recipients (H_SKETCH + 0) and of business recipients (H_SKETCH + 1)
 H_CLOCK = 4  # ring clock (seconds) = owner's clock
 H_ACTIVE_HOURS = 5  # non-empty hourly message buckets
-H_TOT_15S, H_TOT_1M, H_TOT_15M = 6, 7, 8
+H_COUNTS = 6  # running totals (H_TOT_* below), from here in COUNT_FIELDS order: copied as a block
 F1_MSGS, F1_CONTACT_KNOWN, F1_NON_CONTACT, F1_FORWARDED = 0, 1, 2, 3
-F1_TYPING_KNOWN, F1_NO_TYPING, F1_GROUPS, F1_RECIPIENTS, F1_MEMBERS = 4, 5, 6, 7, 8
-NF1 = 9
-NF1_HALVES = 8  # F1_MSGS .. F1_RECIPIENTS are 16-bit, F1_MEMBERS is the bucket's last word
+F1_TYPING_KNOWN, F1_NO_TYPING, F1_GROUPS, F1_RECIPIENTS = 4, 5, 6, 7
+NF1_HALVES = 8  # F1_MSGS .. F1_RECIPIENTS are 16-bit, the member sum is the bucket's last word
 F24_MSGS, F24_REPORTS, F24_BLOCKS, F24_RECIPIENTS, F24_BUSINESS = 0, 1, 2, 3, 4
 NF24 = 5
-H_TOT_1H = 9
-H_TOT_24H = H_TOT_1H + NF1  # 18
 # The 15 s, 1 min and 15 min rings (one 16-bit count per bucket), as half indices: with the
 # header and totals they fill the first 44 words, within the row's first 3 cache lines.
 Q_RING_15S = 46
@@ -222,7 +219,6 @@ Q_RING_1M = Q_RING_15S + N15S  # 61
 Q_RING_15M = Q_RING_1M + N1M  # 73
 # 1 h ring (words): a bucket is NF1_HALVES halves then the member sum.
 H_RING_1H = 44
-assert Q_RING_15M + N15M <= 2 * H_RING_1H and H_TOT_24H + NF24 <= Q_RING_15S // 2
 B1H_WORDS = NF1_HALVES // 2 + 1  # 5
 # 24 h ring (words): a bucket is the message count (word 0), then reports, blocks, recipients and
 # business recipients as halves 2 .. 5 (half of field f: 2 * bucket + f + 1).
@@ -259,12 +255,11 @@ N_COUNTERS = 16
 # Feature blocks written by the kernel, one row per event (an event's features are adjacent in
 # memory: column-major blocks cost ~10 % more, 20 scattered store streams): a uint32 column per
 # count, a float32 column per real.
-COUNT_FIELDS = (
+COUNT_FIELDS = (  # the 1 h fields in the order of a 1 h bucket, the 24 h ones of a 24 h bucket
     "msgs_15s",
     "msgs_1m",
     "msgs_15m",
     "msgs_1h",
-    "msgs_24h",
     "contact_known_1h",
     "non_contact_1h",
     "forwarded_1h",
@@ -272,6 +267,7 @@ COUNT_FIELDS = (
     "no_typing_1h",
     "groups_created_1h",
     "members_added_1h",
+    "msgs_24h",
     "reports_24h",
     "blocks_24h",
 )
@@ -288,7 +284,6 @@ REAL_FIELDS = (
     O_MSGS_1M,
     O_MSGS_15M,
     O_MSGS_1H,
-    O_MSGS_24H,
     O_CONTACT_KNOWN,
     O_NON_CONTACT,
     O_FORWARDED,
@@ -296,11 +291,23 @@ REAL_FIELDS = (
     O_NO_TYPING,
     O_GROUPS,
     O_MEMBERS,
+    O_MSGS_24H,
     O_REPORTS,
     O_BLOCKS,
 ) = range(len(COUNT_FIELDS))
 O_RECIPIENTS_1H, O_RECIPIENTS_24H, O_BUSINESS, O_GAP_CV, O_GAP_MEAN, O_AGE = range(len(REAL_FIELDS))
 N_COUNT_FIELDS, N_REAL_FIELDS = len(COUNT_FIELDS), len(REAL_FIELDS)
+
+# Running totals of a heavy row: the count features at H_COUNTS + their column, so a heavy row's
+# counts are copied out as one block; the exact distinct-recipient totals follow them.
+H_TOT_15S, H_TOT_1M, H_TOT_15M = H_COUNTS + O_MSGS_15S, H_COUNTS + O_MSGS_1M, H_COUNTS + O_MSGS_15M
+H_TOT_1H = H_COUNTS + O_MSGS_1H  # + F1 field, for F1_MSGS .. F1_GROUPS
+H_TOT_MEMBERS = H_COUNTS + O_MEMBERS
+H_TOT_24H = H_COUNTS + O_MSGS_24H  # + F24 field: recipients and business follow the counts
+H_TOT_RECIPIENTS_1H = H_TOT_24H + NF24
+assert H_TOT_1H + F1_GROUPS == H_COUNTS + O_GROUPS
+assert H_TOT_24H + F24_BLOCKS == H_COUNTS + O_BLOCKS == H_TOT_24H + F24_RECIPIENTS - 1
+assert H_TOT_RECIPIENTS_1H < Q_RING_15S // 2 and Q_RING_15M + N15M <= 2 * H_RING_1H
 
 
 class AccountState(NamedTuple):
@@ -946,15 +953,19 @@ def _heavy_advance(heavy, heavy16, hidx, now):
         heavy[
             _at(hidx, HEAVY_WORDS, H_RING_1H) : _at(hidx, HEAVY_WORDS, H_RING_1H + N1H * B1H_WORDS)
         ] = 0
-        heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H) : _at(hidx, HEAVY_WORDS, H_TOT_1H + NF1)] = 0
+        heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H) : _at(hidx, HEAVY_WORDS, H_TOT_MEMBERS + 1)] = 0
+        heavy[_at(hidx, HEAVY_WORDS, H_TOT_RECIPIENTS_1H)] = 0
     else:
         for b in range(lo, hi):
             w = H_RING_1H + _mod(b, N1H) * B1H_WORDS
-            for f in range(NF1_HALVES):
+            for f in range(F1_GROUPS + 1):
                 heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + f)] -= heavy16[
                     _at(hidx, (2 * HEAVY_WORDS), 2 * w + f)
                 ]
-            heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + F1_MEMBERS)] -= heavy[
+            heavy[_at(hidx, HEAVY_WORDS, H_TOT_RECIPIENTS_1H)] -= heavy16[
+                _at(hidx, (2 * HEAVY_WORDS), 2 * w + F1_RECIPIENTS)
+            ]
+            heavy[_at(hidx, HEAVY_WORDS, H_TOT_MEMBERS)] -= heavy[
                 _at(hidx, HEAVY_WORDS, w + B1H_WORDS - 1)
             ]
             heavy[_at(hidx, HEAVY_WORDS, w) : _at(hidx, HEAVY_WORDS, w + B1H_WORDS)] = 0
@@ -1024,7 +1035,7 @@ def _bump_recipient(heavy, heavy16, hidx, business, ts, delta):
             heavy16[_at(hidx, (2 * HEAVY_WORDS), q)] = (
                 np.int64(heavy16[_at(hidx, (2 * HEAVY_WORDS), q)]) + delta
             )
-            _bump(heavy, hidx, H_TOT_1H + F1_RECIPIENTS, delta)
+            _bump(heavy, hidx, H_TOT_RECIPIENTS_1H, delta)
     if _in_window(ts, clock, B24H_S, N24H):
         q = 2 * _word_24h(ts) + field + 1
         heavy16[_at(hidx, (2 * HEAVY_WORDS), q)] = (
@@ -1313,7 +1324,7 @@ def _heavy_apply(
     elif kind == GROUP_ADD:
         if newest or _in_window(ts, clock, B1H_S, N1H):
             _bump(heavy, hidx, _half_1h(ts, 0) // 2 + B1H_WORDS - 1, aux)
-            _bump(heavy, hidx, H_TOT_1H + F1_MEMBERS, aux)
+            _bump(heavy, hidx, H_TOT_MEMBERS, aux)
     elif kind in (REPORT, BLOCK) and (newest or _in_window(ts, clock, B24H_S, N24H)):
         field = F24_REPORTS if kind == REPORT else F24_BLOCKS
         _bump16(heavy, heavy16, hidx, 2 * _word_24h(ts) + field + 1, H_TOT_24H + field, 1)
@@ -1407,7 +1418,7 @@ def _promote(
 @njit(cache=True, nogil=True, inline="always")
 def _heavy_features(heavy, sketch_regs, sketch_meta, hidx, counts, reals, active_hours, i):
     clock = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_CLOCK)])
-    recipients_1h = float(heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + F1_RECIPIENTS)])
+    recipients_1h = float(heavy[_at(hidx, HEAVY_WORDS, H_TOT_RECIPIENTS_1H)])
     recipients_24h = float(heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + F24_RECIPIENTS)])
     business = float(heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + F24_BUSINESS)])
     sk = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_SKETCH)])
@@ -1417,32 +1428,9 @@ def _heavy_features(heavy, sketch_regs, sketch_meta, hidx, counts, reals, active
     sk = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_SKETCH + 1)])
     if sk != NO_INDEX:
         business += _sketch_estimate(sketch_regs, sketch_meta, sk, clock, SK_HIST_24H)
-    counts[_at(i, N_COUNT_FIELDS, O_MSGS_15S)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_15S)]
-    counts[_at(i, N_COUNT_FIELDS, O_MSGS_1M)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_1M)]
-    counts[_at(i, N_COUNT_FIELDS, O_MSGS_15M)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_15M)]
-    counts[_at(i, N_COUNT_FIELDS, O_MSGS_1H)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + F1_MSGS)]
-    counts[_at(i, N_COUNT_FIELDS, O_MSGS_24H)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + F24_MSGS)]
-    counts[_at(i, N_COUNT_FIELDS, O_CONTACT_KNOWN)] = heavy[
-        _at(hidx, HEAVY_WORDS, H_TOT_1H + F1_CONTACT_KNOWN)
-    ]
-    counts[_at(i, N_COUNT_FIELDS, O_NON_CONTACT)] = heavy[
-        _at(hidx, HEAVY_WORDS, H_TOT_1H + F1_NON_CONTACT)
-    ]
-    counts[_at(i, N_COUNT_FIELDS, O_FORWARDED)] = heavy[
-        _at(hidx, HEAVY_WORDS, H_TOT_1H + F1_FORWARDED)
-    ]
-    counts[_at(i, N_COUNT_FIELDS, O_TYPING_KNOWN)] = heavy[
-        _at(hidx, HEAVY_WORDS, H_TOT_1H + F1_TYPING_KNOWN)
-    ]
-    counts[_at(i, N_COUNT_FIELDS, O_NO_TYPING)] = heavy[
-        _at(hidx, HEAVY_WORDS, H_TOT_1H + F1_NO_TYPING)
-    ]
-    counts[_at(i, N_COUNT_FIELDS, O_GROUPS)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + F1_GROUPS)]
-    counts[_at(i, N_COUNT_FIELDS, O_MEMBERS)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + F1_MEMBERS)]
-    counts[_at(i, N_COUNT_FIELDS, O_REPORTS)] = heavy[
-        _at(hidx, HEAVY_WORDS, H_TOT_24H + F24_REPORTS)
-    ]
-    counts[_at(i, N_COUNT_FIELDS, O_BLOCKS)] = heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + F24_BLOCKS)]
+    copy_block(
+        counts, _at(i, N_COUNT_FIELDS, 0), heavy, _at(hidx, HEAVY_WORDS, H_COUNTS), N_COUNT_FIELDS
+    )
     reals[_at(i, N_REAL_FIELDS, O_RECIPIENTS_1H)] = recipients_1h
     reals[_at(i, N_REAL_FIELDS, O_RECIPIENTS_24H)] = recipients_24h
     reals[_at(i, N_REAL_FIELDS, O_BUSINESS)] = business

@@ -9,6 +9,8 @@ bijection on 64-bit integers, so distinct ids keep distinct mixed values).
 - ``fingerprint32(key)``: the low 32 bits of the mixed key. The recipient structures of the account
   kernels identify a peer by this fingerprint.
 - ``prefetch(array, row, col)``: a cache prefetch hint (``llvm.prefetch``) for software pipelining.
+- ``copy_block(dst, dst_start, src, src_start, count)``: copy ``count`` items between 1-D arrays as
+  one ``llvm.memcpy`` (a constant count becomes a few wide loads and stores).
 """
 
 import numpy as np
@@ -91,6 +93,44 @@ def prefetch(typingctx, array, row, col):
             *(ir.Constant(i32, v) for v in (0, 3, 1)),
         ]
         builder.call(fn, args)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def copy_block(typingctx, dst, dst_start, src, src_start, count):
+    """``dst[dst_start : dst_start + count] = src[src_start : src_start + count]`` for 1-D arrays
+    of one dtype, unchecked and non-overlapping, as one ``llvm.memcpy``: with a constant ``count``
+    LLVM emits a few vector loads and stores (a loop of scalar copies stays scalar, since Numba
+    disables the SLP vectorizer)."""
+    if not (
+        isinstance(dst, types.Array)
+        and isinstance(src, types.Array)
+        and dst.ndim == src.ndim == 1
+        and dst.dtype == src.dtype
+    ):
+        return None
+    if not all(isinstance(t, types.Integer) for t in (dst_start, src_start, count)):
+        return None
+    sig = types.void(dst, dst_start, src, src_start, count)
+
+    def codegen(context, builder, signature, args):
+        dst_type, dst_start_type, src_type, src_start_type, count_type = signature.args
+
+        def pointer(array_type, array, start, start_type):
+            ary = context.make_array(array_type)(context, builder, array)
+            index = context.cast(builder, start, start_type, types.intp)
+            return builder.gep(ary.data, [index])
+
+        itemsize = context.get_abi_sizeof(context.get_data_type(dst_type.dtype))
+        cgutils.raw_memcpy(
+            builder,
+            pointer(dst_type, args[0], args[1], dst_start_type),
+            pointer(src_type, args[2], args[3], src_start_type),
+            context.cast(builder, args[4], count_type, types.intp),
+            itemsize,
+        )
         return context.get_dummy_value()
 
     return sig, codegen
