@@ -747,6 +747,13 @@ def _claim_account(
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _log_entry(slot, k):
+    """Index in ``rows`` of the tag of log entry ``k`` of account ``slot`` (its aux word is next).
+    The log holds its entries in arrival order from entry 0: the first empty tag (0) ends it."""
+    return _at(slot, ROW_WORDS, L_LOG + 2 * k)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _log_ts(tag, now):
     return now - ((now - (tag & TAG_TS_MASK)) & TAG_TS_MASK)
 
@@ -767,13 +774,20 @@ def _light_advance(rows, slot, now):
         return
     rows[_at(slot, ROW_WORDS, L_NOW)] = now
     wipe = now - old >= LOG_WIPE_S
+    kept = 0  # the entries that still count move down, in order
+    end = LOG_SLOTS
     for k in range(LOG_SLOTS):
-        tag = np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)])
+        tag = np.int64(rows[_log_entry(slot, k)])
         if tag == 0:
-            continue
-        if wipe or not _relevant((tag >> TAG_TYPE_SHIFT) & 7, _log_ts(tag, now), now):
-            rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)] = 0
-            rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)] = 0
+            end = k
+            break
+        if not wipe and _relevant((tag >> TAG_TYPE_SHIFT) & 7, _log_ts(tag, now), now):
+            rows[_log_entry(slot, kept)] = tag
+            rows[_log_entry(slot, kept) + 1] = rows[_log_entry(slot, k) + 1]
+            kept += 1
+    for k in range(kept, end):
+        rows[_log_entry(slot, k)] = 0
+        rows[_log_entry(slot, k) + 1] = 0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -792,16 +806,15 @@ def _light_store(rows, slot, ts, event_type, flags8, aux, no_peer):
         tag |= TAG_NEWEST | (TAG_NEWEST_BUSINESS if business else 0)
     free = -1
     for k in range(LOG_SLOTS):
-        other = np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)])
+        other = np.int64(rows[_log_entry(slot, k)])
         if other == 0:
-            if free < 0:
-                free = k
-            continue
+            free = k
+            break
         if (
             event_type != MESSAGE
             or no_peer
             or other & (TAG_NEWEST | TAG_NEWEST_BUSINESS) == 0
-            or rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)] != aux
+            or rows[_log_entry(slot, k) + 1] != aux
             or (other >> TAG_TYPE_SHIFT) & 7 != MESSAGE
         ):
             continue
@@ -813,11 +826,11 @@ def _light_store(rows, slot, ts, event_type, flags8, aux, no_peer):
             other &= ~np.int64(TAG_NEWEST)
             if business:
                 other &= ~np.int64(TAG_NEWEST_BUSINESS)
-            rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)] = other
+            rows[_log_entry(slot, k)] = other
     if free < 0:
         return False
-    rows[_at(slot, ROW_WORDS, L_LOG + 2 * free)] = tag
-    rows[_at(slot, ROW_WORDS, L_LOG + 2 * free + 1)] = aux
+    rows[_log_entry(slot, free)] = tag
+    rows[_log_entry(slot, free) + 1] = aux
     return True
 
 
@@ -846,9 +859,9 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
     recipients_1h = recipients_24h = business = 0
     hours = np.uint64(0)  # bit (hour mod 64) of every message: 24 hours map to distinct bits
     for k in range(LOG_SLOTS):
-        tag = np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)])
+        tag = np.int64(rows[_log_entry(slot, k)])
         if tag == 0:
-            continue
+            break
         event_type = (tag >> TAG_TYPE_SHIFT) & 7
         ts = _log_ts(tag, now)
         flags = tag >> TAG_FLAGS_SHIFT
@@ -877,7 +890,7 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
         hours |= np.uint64(message) << np.uint64(_div(ts, B24H_S) & 63)
         groups += np.int64(event_type == GROUP_CREATE) & in_1h
         members += (np.int64(event_type == GROUP_ADD) & in_1h) * np.int64(
-            rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)]
+            rows[_log_entry(slot, k) + 1]
         )
         reports += np.int64(event_type == REPORT)
         blocks += np.int64(event_type == BLOCK)
@@ -1056,6 +1069,12 @@ def _pair_home(hidx, business, fp, cap):
     row = (np.uint64(hidx) << np.uint64(1)) + np.uint64(business + 1)
     h = np.uint64(fp) ^ ((row * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32))
     return np.int64((h * np.uint64(cap)) >> np.uint64(32))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_pair(pairs, hidx, business, fp):
+    """Prefetch the first probe slot of a pair."""
+    prefetch(pairs, _at(_pair_home(hidx, business, fp, _pair_capacity(pairs)), PAIR_WORDS, 0), 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -1383,31 +1402,23 @@ def _promote(
     now = np.int64(rows[_at(slot, ROW_WORDS, L_NOW)])
     hidx = _heavy_alloc(rows, heavy, sketch_meta, counters, slot, now, dead_hour)
     for k in range(LOG_SLOTS):  # the replay probes a pair per message: start their loads now
-        tag = np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)])
+        tag = np.int64(rows[_log_entry(slot, k)])
         if (tag >> TAG_TYPE_SHIFT) & 7 == MESSAGE and tag & (TAG_VALID | TAG_NO_PEER) == TAG_VALID:
-            fp = rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)]
-            prefetch(
-                pairs,
-                _at(_pair_home(hidx, 0, fp, _pair_capacity(pairs)), PAIR_WORDS, 0),
-                0,
-            )
+            fp = rows[_log_entry(slot, k) + 1]
+            _prefetch_pair(pairs, hidx, 0, fp)
             if (tag >> TAG_FLAGS_SHIFT) & BUSINESS:
-                prefetch(
-                    pairs,
-                    _at(_pair_home(hidx, 1, fp, _pair_capacity(pairs)), PAIR_WORDS, 0),
-                    0,
-                )
+                _prefetch_pair(pairs, hidx, 1, fp)
     for k in range(LOG_SLOTS):
-        tag = np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)])
+        tag = np.int64(rows[_log_entry(slot, k)])
         if tag == 0:
-            continue
+            break
         _heavy_apply(
             heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, hidx, _log_ts(tag, now),
             (tag >> TAG_TYPE_SHIFT) & 7, (tag >> TAG_FLAGS_SHIFT) & LOG_FLAGS,
-            np.int64(rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)]), (tag & TAG_NO_PEER) == 0, dead_hour, exact,
+            np.int64(rows[_log_entry(slot, k) + 1]), (tag & TAG_NO_PEER) == 0, dead_hour, exact,
         )  # fmt: skip
-        rows[_at(slot, ROW_WORDS, L_LOG + 2 * k)] = 0
-        rows[_at(slot, ROW_WORDS, L_LOG + 2 * k + 1)] = 0
+        rows[_log_entry(slot, k)] = 0
+        rows[_log_entry(slot, k) + 1] = 0
     return hidx
 
 
@@ -1603,13 +1614,9 @@ def _prefetch_heavy(keys, rows, heavy, pairs, hashes, i, kind, ts_ms, peer, flag
     prefetch(heavy, _at(hidx, HEAVY_WORDS, w + B24H_WORDS - 1), 0)
     if kind == MESSAGE and peer != 0:
         fp = np.uint32(hashes[r + R_FP])
-        prefetch(pairs, _at(_pair_home(hidx, 0, fp, _pair_capacity(pairs)), PAIR_WORDS, 0), 0)
+        _prefetch_pair(pairs, hidx, 0, fp)
         if flags & BUSINESS:
-            prefetch(
-                pairs,
-                _at(_pair_home(hidx, 1, fp, _pair_capacity(pairs)), PAIR_WORDS, 0),
-                0,
-            )
+            _prefetch_pair(pairs, hidx, 1, fp)
 
 
 # No reference counting in the batch kernel: it allocates nothing, and the caller owns every array
