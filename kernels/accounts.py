@@ -30,9 +30,10 @@ every pool's use and losses):
 * Account table: ``keys`` (uint64) and ``rows`` (uint32, 32 words = 128 bytes), open addressing with
   linear probing over a bounded window of ``probe`` slots (default 64: at load 0.8 a new account
   almost always finds an empty slot; lookups read only keys, 8 per cache line, and stop at the key
-  or at an empty slot). A row holds the account clock, creation time (to the second), the gap ring
-  with its running sums, and a *log* of its last 8 events that still count in a window (time, type,
-  flags, recipient fingerprint or members). Most accounts are quiet: their features are computed
+  or at an empty slot; keys hash to the first ``capacity - probe + 1`` slots, so no window wraps
+  around the end). A row holds the account clock, creation time (to the second), the
+  gap ring with its running sums, and a *log* of its last 8 events that still count in a window
+  (time, type, flags, recipient fingerprint or members, in arrival order). Most accounts are quiet: their features are computed
   exactly from the log. A new account takes the first empty slot of its window; when the window is
   full, the first expired account of its first ``EVICTION_SCAN`` (8) slots is reused
   (``expirations``), else the least recently active of them (smallest clock, the first such slot
@@ -54,7 +55,8 @@ every pool's use and losses):
   hour. A window total is the sum of its (saturated) buckets, so e.g. ``msgs_1h`` is exact below
   65,535 messages in every 5 min bucket (218 per second). Messages per hour (``msgs_24h``) and
   members added per 5 min are 32-bit and exact.
-* Recipient pairs (``pairs``, 16 bytes, default ``capacity`` entries, probe window ``PAIR_PROBE``):
+* Recipient pairs (``pairs``, 16 bytes, default ``capacity`` entries, probe window ``PAIR_PROBE``,
+  pairs hash to all but the last ``PAIR_PROBE - 1`` entries, so no window wraps):
   distinct recipients of heavy accounts are exact. Each (account, recipient) pair keeps the time it
   was last messaged; ring buckets count recipients by the bucket of their last message, so a
   window's distinct count is a running sum. Pairs outside every window are reused; when a probe
@@ -120,7 +122,8 @@ from . import hll
 from .hashtable import MAX_TABLE_CAPACITY, copy_block, fingerprint32, home_slot, prefetch
 
 # 2: pair placement (_pair_home) changed; 3: compact heavy rows; 4: 704-byte, line-aligned heavy rows;
-# 5: newest-recipient bits in the light log; 6: heavy totals in COUNT_FIELDS order
+# 5: newest-recipient bits in the light log; 6: heavy totals in COUNT_FIELDS order, the light log
+# in arrival order from entry 0, probe windows that don't wrap (fewer home slots)
 LAYOUT_VERSION = 6
 
 # Event types and flag bits of the columnar batch (docs/architecture.md).
@@ -444,7 +447,7 @@ def new_account_state(
     checks = (
         ("capacity", capacity, 1, MAX_TABLE_CAPACITY - 1),
         ("heavy_capacity", heavy_capacity, 1, NO_INDEX - 1),
-        ("pair_capacity", pair_capacity, 1, MAX_TABLE_CAPACITY - 1),
+        ("pair_capacity", pair_capacity, PAIR_PROBE, MAX_TABLE_CAPACITY - 1),
         ("sketch_capacity", sketch_capacity, 0, 1 << 31),
         ("lateness_s", lateness_s, 0, MAX_LATENESS_S),
         ("ttl_s", ttl_s, 1, MAX_TTL_S),
@@ -492,8 +495,17 @@ def _heavy_capacity(heavy):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _pair_capacity(pairs):
-    return pairs.shape[0] // PAIR_WORDS
+def _account_homes(params):
+    """Home slots of the account table: all but its last ``probe - 1`` slots, so no probe window
+    wraps around the end (no wrap test per probed slot)."""
+    return params[P_CAPACITY] - params[P_PROBE] + 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pair_homes(pairs):
+    """Home slots of the pair table: all but its last PAIR_PROBE - 1 entries, so no probe window
+    wraps around the end (no wrap test per probed entry)."""
+    return pairs.shape[0] // PAIR_WORDS - (PAIR_PROBE - 1)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -674,9 +686,7 @@ def _reset_row(rows, heavy, sketch_meta, slot, now):
 def _find_account(keys, rows, key, home, now_s, ttl_s, probe):
     """Slot of a live (not expired) account (``home``: its home slot), or -1. Never modifies the
     table."""
-    cap = keys.shape[0]
-    slot = home
-    for _ in range(probe):
+    for slot in range(home, home + probe):
         k = keys[slot]
         if k == key:
             if now_s - np.int64(rows[_at(slot, ROW_WORDS, L_NOW)]) > ttl_s:
@@ -684,9 +694,6 @@ def _find_account(keys, rows, key, home, now_s, ttl_s, probe):
             return slot
         if k == 0:
             return -1
-        slot += 1
-        if slot == cap:
-            slot = 0
     return -1
 
 
@@ -699,11 +706,10 @@ def _claim_account(
     recently active account of those is evicted. An expired account is reset in place. Only keys
     are read unless the window is full (rows are read for their clocks). ``hint``: the slot the
     prefetch found the key in (checked, it may be stale), else NOT_FOUND or CROWDED."""
-    cap = keys.shape[0]
-    slot = home
-    if hint < np.uint64(cap) and keys[hint] == key:  # keys are unique: it is the key's slot
-        slot = np.int64(hint)
-    for _ in range(probe):
+    first = home
+    if hint < np.uint64(keys.shape[0]) and keys[hint] == key:  # keys are unique: the key's slot
+        first = np.int64(hint)
+    for slot in range(first, home + probe):
         k = keys[slot]
         if k == key:
             if now_s - np.int64(rows[_at(slot, ROW_WORDS, L_NOW)]) > ttl_s:
@@ -714,14 +720,10 @@ def _claim_account(
             keys[slot] = key
             rows[_at(slot, ROW_WORDS, L_NOW)] = ts_s
             return slot
-        slot += 1
-        if slot == cap:
-            slot = 0
     victim = home
     victim_clock = _BIG
-    slot = home
     expired = False
-    for _ in range(min(probe, EVICTION_SCAN)):
+    for slot in range(home, home + min(probe, EVICTION_SCAN)):
         clock = np.int64(rows[_at(slot, ROW_WORDS, L_NOW)])
         if now_s - clock > ttl_s:
             victim = slot
@@ -730,9 +732,6 @@ def _claim_account(
         if clock < victim_clock:
             victim = slot
             victim_clock = clock
-        slot += 1
-        if slot == cap:
-            slot = 0
     if expired:
         counters[C_EXPIRATIONS] += 1
     else:
@@ -1074,18 +1073,16 @@ def _pair_home(hidx, business, fp, cap):
 @njit(cache=True, nogil=True, inline="always")
 def _prefetch_pair(pairs, hidx, business, fp):
     """Prefetch the first probe slot of a pair."""
-    prefetch(pairs, _at(_pair_home(hidx, business, fp, _pair_capacity(pairs)), PAIR_WORDS, 0), 0)
+    prefetch(pairs, _at(_pair_home(hidx, business, fp, _pair_homes(pairs)), PAIR_WORDS, 0), 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _pair_probe(pairs, home, hidx, genbiz, fp, dead_hour):
     """(index of the pair or -1, first reusable index or -1): empty, or last used before
     ``dead_hour`` (outside every window from now on)."""
-    cap = _pair_capacity(pairs)
     dead_before = (dead_hour + 1) * B24H_S  # last used before: hour <= dead_hour
-    p = home
     reuse = -1
-    for _ in range(min(PAIR_PROBE, cap)):
+    for p in range(home, home + PAIR_PROBE):
         owner = pairs[_at(p, PAIR_WORDS, PAIR_OWNER)]
         if owner == NO_INDEX:
             if reuse < 0:
@@ -1099,9 +1096,6 @@ def _pair_probe(pairs, home, hidx, genbiz, fp, dead_hour):
             return p, -1
         if reuse < 0 and np.int64(pairs[_at(p, PAIR_WORDS, PAIR_LAST)]) < dead_before:
             reuse = p
-        p += 1
-        if p == cap:
-            p = 0
     return -1, reuse
 
 
@@ -1109,11 +1103,9 @@ def _pair_probe(pairs, home, hidx, genbiz, fp, dead_hour):
 def _pair_make_room(pairs, heavy, heavy16, counters, home):
     """Index to overwrite in a probe window full of live pairs: a pair of a released heavy row, else
     the least recently used pair, which its owner forgets (counted)."""
-    cap = _pair_capacity(pairs)
-    p = home
     victim = home
     victim_last = _BIG
-    for _ in range(min(PAIR_PROBE, cap)):
+    for p in range(home, home + PAIR_PROBE):
         owner = np.int64(pairs[_at(p, PAIR_WORDS, PAIR_OWNER)])
         if (
             owner == NO_INDEX
@@ -1125,9 +1117,6 @@ def _pair_make_room(pairs, heavy, heavy16, counters, home):
         if last < victim_last:
             victim = p
             victim_last = last
-        p += 1
-        if p == cap:
-            p = 0
     business = np.int64(pairs[_at(victim, PAIR_WORDS, PAIR_GENBIZ)]) & 1
     _bump_recipient(
         heavy,
@@ -1238,7 +1227,7 @@ def _recipient_seen(
     or the sketch."""
     clock = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_CLOCK)])
     genbiz = (np.int64(heavy[_at(hidx, HEAVY_WORDS, H_GEN)]) << 1) | business
-    home = _pair_home(hidx, business, fp, _pair_capacity(pairs))
+    home = _pair_home(hidx, business, fp, _pair_homes(pairs))
     found, reuse = _pair_probe(pairs, home, hidx, genbiz, fp, dead_hour)
     if found >= 0:
         last = np.int64(pairs[_at(found, PAIR_WORDS, PAIR_LAST)])
@@ -1511,11 +1500,11 @@ def _subject(kind, account, peer):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _hash_ahead(keys, hashes, i, kind, account, peer):
-    """Hash event ``i`` once (subject, its home slot, the peer fingerprint) into the ring
-    ``hashes`` and prefetch the first keys of its probe window."""
+def _hash_ahead(keys, hashes, homes, i, kind, account, peer):
+    """Hash event ``i`` once (subject, its home slot among ``homes``, the peer fingerprint) into the
+    ring ``hashes`` and prefetch the first keys of its probe window."""
     subject = _subject(kind, account, peer)
-    slot = home_slot(subject, keys.shape[0])
+    slot = home_slot(subject, homes)
     r = _ring_entry(i)
     hashes[r + R_SUBJECT] = subject
     hashes[r + R_HOME] = slot
@@ -1531,11 +1520,8 @@ def _search_ahead(keys, rows, hashes, r, first, last, log_line):
     and the log line if ``log_line``), or the row of the empty slot a new account will take.
     Returns False if every key there is another's."""
     subject = hashes[r + R_SUBJECT]
-    cap = keys.shape[0]
-    slot = np.int64(hashes[r + R_HOME]) + first
-    if slot >= cap:
-        slot -= cap
-    for _ in range(first, last):
+    home = np.int64(hashes[r + R_HOME])
+    for slot in range(home + first, home + last):
         k = keys[slot]
         if k == subject:
             hashes[r + R_SLOT] = slot
@@ -1548,9 +1534,6 @@ def _search_ahead(keys, rows, hashes, r, first, last, log_line):
             prefetch(rows, _at(slot, ROW_WORDS, 0), 0)
             prefetch(rows, _at(slot, ROW_WORDS, L_LOG), 0)
             return True
-        slot += 1
-        if slot == cap:
-            slot = 0
     return False
 
 
@@ -1567,15 +1550,9 @@ def _locate_ahead(keys, rows, hashes, i, probe):
     if probe <= PREFETCH_PROBE:
         return
     hashes[r + R_SLOT] = CROWDED
-    cap = keys.shape[0]
     home = np.int64(hashes[r + R_HOME])
     for j in range(PREFETCH_PROBE, probe + 7, 8):
-        prefetch(keys, _wrap(home + min(j, probe - 1), cap), 0)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _wrap(slot, cap):
-    return slot - cap if slot >= cap else slot
+        prefetch(keys, home + min(j, probe - 1), 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -1588,10 +1565,9 @@ def _prefetch_heavy(keys, rows, heavy, pairs, hashes, i, kind, ts_ms, peer, flag
         if not _search_ahead(keys, rows, hashes, r, PREFETCH_PROBE, probe, True):
             # A new account in a full window: the eviction candidates' clocks will be read.
             hashes[r + R_SLOT] = NOT_FOUND
-            cap = keys.shape[0]
             home = np.int64(hashes[r + R_HOME])
-            for j in range(min(probe, EVICTION_SCAN)):
-                prefetch(rows, _at(_wrap(home + j, cap), ROW_WORDS, 0), 0)
+            for slot in range(home, home + min(probe, EVICTION_SCAN)):
+                prefetch(rows, _at(slot, ROW_WORDS, 0), 0)
         return  # the row is not in cache yet
     if found == NOT_FOUND:
         return
@@ -1631,13 +1607,14 @@ def _update_accounts(
     lateness_ms = lateness_s * 1000
     ttl_s = params[P_TTL_S]
     probe = params[P_PROBE]
+    homes = _account_homes(params)
     exact = params[P_EXACT_RECIPIENTS]
     n = ts_ms.shape[0]
     # The clock and the event count stay in registers (array stores could alias them otherwise).
     now_ms = counters[C_NOW_MS]
     counters[C_EVENTS] += n
     for i in range(min(PREFETCH_KEYS, n)):
-        _hash_ahead(keys, hashes, i, np.int64(event_type[i]), account[i], peer[i])
+        _hash_ahead(keys, hashes, homes, i, np.int64(event_type[i]), account[i], peer[i])
     for i in range(min(PREFETCH_SLOT, n)):
         _locate_ahead(keys, rows, hashes, i, probe)
     for i in range(min(PREFETCH_ROWS, n)):
@@ -1649,7 +1626,7 @@ def _update_accounts(
         ahead = i + PREFETCH_KEYS
         if ahead < n:
             kind = np.int64(event_type[ahead])
-            _hash_ahead(keys, hashes, ahead, kind, account[ahead], peer[ahead])
+            _hash_ahead(keys, hashes, homes, ahead, kind, account[ahead], peer[ahead])
         ahead = i + PREFETCH_SLOT
         if ahead < n:
             _locate_ahead(keys, rows, hashes, ahead, probe)
@@ -1846,7 +1823,7 @@ def _usage(keys, rows, heavy, pairs, sketch_meta, params, counters):
             heavy_used += 1
     dead_hour = _div(max(now_s - params[P_LATENESS_S], 0), B24H_S) - N24H
     pairs_live = 0
-    for p in range(_pair_capacity(pairs)):
+    for p in range(_pair_homes(pairs)):
         owner = np.int64(pairs[_at(p, PAIR_WORDS, PAIR_OWNER)])
         if (
             owner != NO_INDEX

@@ -197,10 +197,9 @@ class ReferenceAccounts:
         return now_s - account.clock_s > self.ttl_s
 
     def _probe(self, key: int):
-        slot = home_slot(key, self.capacity)
-        for _ in range(self.probe):
-            yield slot
-            slot = (slot + 1) % self.capacity
+        # Keys hash to the first capacity - probe + 1 slots: no window wraps around the end.
+        home = home_slot(key, self.capacity - self.probe + 1)
+        yield from range(home, home + self.probe)
 
     def find(self, key: int, now_s: int) -> AccountModel | None:
         for slot in self._probe(key):
