@@ -1477,21 +1477,21 @@ def _zero_features(counts, reals, gap_counts, active_hours, i):
 # recipient pairs PREFETCH_ROWS events ahead. An event would otherwise wait on a chain of cache
 # misses: account key -> row -> heavy row -> pair.
 
-PREFETCH_KEYS = 12  # events ahead: hash, prefetch the first PREFETCH_PROBE keys of the window
+PREFETCH_KEYS = 12  # events ahead: prefetch the first PREFETCH_PROBE keys of the window
 PREFETCH_SLOT = 7  # events ahead: find the account's slot in those keys, prefetch its row
 PREFETCH_ROWS = 3  # events ahead: read the row's heavy index, prefetch heavy lines and pairs
 PREFETCH_PROBE = 8  # probe-window slots searched PREFETCH_SLOT events ahead (a line of keys)
-HASH_RING = 16  # entries, > PREFETCH_KEYS, a power of two
-R_SUBJECT, R_HOME, R_FP, R_SLOT = 0, 1, 2, 3  # words of an entry
-R_WORDS = 4  # a flat array of entries: a constant stride costs no multiply by a runtime shape
+# ``hashes``, the batch kernel's scratch: R_COLUMNS columns of one word per event.
+R_SUBJECT, R_HOME, R_FP, R_SLOT = 0, 1, 2, 3
+R_COLUMNS = 4
 NOT_FOUND = np.uint64(0xFFFFFFFFFFFFFFFF)  # R_SLOT: no slot to prefetch
 CROWDED = np.uint64(0xFFFFFFFFFFFFFFFE)  # R_SLOT: first keys full, search the rest later
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _ring_entry(i):
-    """First word of event ``i``'s entry in the ring ``hashes``."""
-    return (i & (HASH_RING - 1)) * R_WORDS
+def _hashed(column, n, i):
+    """Index in ``hashes`` of event ``i``'s word of ``column`` (a batch of ``n`` events)."""
+    return np.uint64(column * n + i)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -1500,37 +1500,43 @@ def _subject(kind, account, peer):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _hash_ahead(keys, hashes, homes, i, kind, account, peer):
-    """Hash event ``i`` once (subject, its home slot among ``homes``, the peer fingerprint) into the
-    ring ``hashes`` and prefetch the first keys of its probe window."""
-    subject = _subject(kind, account, peer)
-    slot = home_slot(subject, homes)
-    r = _ring_entry(i)
-    hashes[r + R_SUBJECT] = subject
-    hashes[r + R_HOME] = slot
-    hashes[r + R_FP] = fingerprint32(peer)
-    prefetch(keys, slot, 0)
-    prefetch(keys, min(slot + PREFETCH_PROBE - 1, keys.shape[0] - 1), 0)
+def _hash_batch(hashes, homes, event_type, account, peer):
+    """Hash every event once: its subject, the subject's home slot among ``homes`` and the peer's
+    fingerprint. A loop of its own: LLVM vectorizes it, and the event loop keeps its registers."""
+    n = event_type.shape[0]
+    for i in range(n):
+        subject = _subject(event_type[i], account[i], peer[i])
+        hashes[_hashed(R_SUBJECT, n, i)] = subject
+        hashes[_hashed(R_HOME, n, i)] = home_slot(subject, homes)
+        hashes[_hashed(R_FP, n, i)] = fingerprint32(peer[i])
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _search_ahead(keys, rows, hashes, r, first, last, log_line):
-    """Search probe-window positions [first, last) of ring entry ``r`` for its account; record the
+def _prefetch_keys(keys, hashes, n, i):
+    """Prefetch the first keys of event ``i``'s probe window."""
+    home = np.int64(hashes[_hashed(R_HOME, n, i)])
+    prefetch(keys, home, 0)
+    prefetch(keys, min(home + PREFETCH_PROBE - 1, keys.shape[0] - 1), 0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _search_ahead(keys, rows, hashes, n, i, first, last, log_line):
+    """Search probe-window positions [first, last) of event ``i`` for its account; record the
     slot (a hint, checked again when the event is applied) and prefetch its row (its first line,
     and the log line if ``log_line``), or the row of the empty slot a new account will take.
     Returns False if every key there is another's."""
-    subject = hashes[r + R_SUBJECT]
-    home = np.int64(hashes[r + R_HOME])
+    subject = hashes[_hashed(R_SUBJECT, n, i)]
+    home = np.int64(hashes[_hashed(R_HOME, n, i)])
     for slot in range(home + first, home + last):
         k = keys[slot]
         if k == subject:
-            hashes[r + R_SLOT] = slot
+            hashes[_hashed(R_SLOT, n, i)] = slot
             prefetch(rows, _at(slot, ROW_WORDS, 0), 0)
             if log_line:
                 prefetch(rows, _at(slot, ROW_WORDS, L_LOG), 0)
             return True
         if k == 0:
-            hashes[r + R_SLOT] = NOT_FOUND
+            hashes[_hashed(R_SLOT, n, i)] = NOT_FOUND
             prefetch(rows, _at(slot, ROW_WORDS, 0), 0)
             prefetch(rows, _at(slot, ROW_WORDS, L_LOG), 0)
             return True
@@ -1538,34 +1544,31 @@ def _search_ahead(keys, rows, hashes, r, first, last, log_line):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _locate_ahead(keys, rows, hashes, i, probe):
+def _locate_ahead(keys, rows, hashes, n, i, probe):
     """Search the first PREFETCH_PROBE keys of event ``i``'s window (prefetched earlier). If they
     all belong to other accounts (a crowded or full window), prefetch the rest of the window's keys:
     the search goes on PREFETCH_ROWS events ahead."""
-    r = _ring_entry(i)
     # The log line is prefetched later, and only if the account is light (heavy ones don't use it).
-    if _search_ahead(keys, rows, hashes, r, 0, min(probe, PREFETCH_PROBE), False):
+    if _search_ahead(keys, rows, hashes, n, i, 0, min(probe, PREFETCH_PROBE), False):
         return
-    hashes[r + R_SLOT] = NOT_FOUND
+    hashes[_hashed(R_SLOT, n, i)] = NOT_FOUND if probe <= PREFETCH_PROBE else CROWDED
     if probe <= PREFETCH_PROBE:
         return
-    hashes[r + R_SLOT] = CROWDED
-    home = np.int64(hashes[r + R_HOME])
+    home = np.int64(hashes[_hashed(R_HOME, n, i)])
     for j in range(PREFETCH_PROBE, probe + 7, 8):
         prefetch(keys, home + min(j, probe - 1), 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _prefetch_heavy(keys, rows, heavy, pairs, hashes, i, kind, ts_ms, peer, flags, probe):
+def _prefetch_heavy(keys, rows, heavy, pairs, hashes, n, i, kind, ts_ms, peer, flags, probe):
     """Prefetch the heavy row lines and recipient pairs of event ``i``'s account (its row was
     prefetched earlier)."""
-    r = _ring_entry(i)
-    found = hashes[r + R_SLOT]
+    found = hashes[_hashed(R_SLOT, n, i)]
     if found == CROWDED:
-        if not _search_ahead(keys, rows, hashes, r, PREFETCH_PROBE, probe, True):
+        if not _search_ahead(keys, rows, hashes, n, i, PREFETCH_PROBE, probe, True):
             # A new account in a full window: the eviction candidates' clocks will be read.
-            hashes[r + R_SLOT] = NOT_FOUND
-            home = np.int64(hashes[r + R_HOME])
+            hashes[_hashed(R_SLOT, n, i)] = NOT_FOUND
+            home = np.int64(hashes[_hashed(R_HOME, n, i)])
             for slot in range(home, home + min(probe, EVICTION_SCAN)):
                 prefetch(rows, _at(slot, ROW_WORDS, 0), 0)
         return  # the row is not in cache yet
@@ -1589,7 +1592,7 @@ def _prefetch_heavy(keys, rows, heavy, pairs, hashes, i, kind, ts_ms, peer, flag
     prefetch(heavy, _at(hidx, HEAVY_WORDS, w), 0)
     prefetch(heavy, _at(hidx, HEAVY_WORDS, w + B24H_WORDS - 1), 0)
     if kind == MESSAGE and peer != 0:
-        fp = np.uint32(hashes[r + R_FP])
+        fp = np.uint32(hashes[_hashed(R_FP, n, i)])
         _prefetch_pair(pairs, hidx, 0, fp)
         if flags & BUSINESS:
             _prefetch_pair(pairs, hidx, 1, fp)
@@ -1613,34 +1616,33 @@ def _update_accounts(
     # The clock and the event count stay in registers (array stores could alias them otherwise).
     now_ms = counters[C_NOW_MS]
     counters[C_EVENTS] += n
+    _hash_batch(hashes, homes, event_type, account, peer)
     for i in range(min(PREFETCH_KEYS, n)):
-        _hash_ahead(keys, hashes, homes, i, np.int64(event_type[i]), account[i], peer[i])
+        _prefetch_keys(keys, hashes, n, i)
     for i in range(min(PREFETCH_SLOT, n)):
-        _locate_ahead(keys, rows, hashes, i, probe)
+        _locate_ahead(keys, rows, hashes, n, i, probe)
     for i in range(min(PREFETCH_ROWS, n)):
         _prefetch_heavy(
-            keys, rows, heavy, pairs, hashes, i, np.int64(event_type[i]), ts_ms[i], peer[i],
+            keys, rows, heavy, pairs, hashes, n, i, np.int64(event_type[i]), ts_ms[i], peer[i],
             flags[i], probe,
         )  # fmt: skip
     for i in range(n):
         ahead = i + PREFETCH_KEYS
         if ahead < n:
-            kind = np.int64(event_type[ahead])
-            _hash_ahead(keys, hashes, homes, ahead, kind, account[ahead], peer[ahead])
+            _prefetch_keys(keys, hashes, n, ahead)
         ahead = i + PREFETCH_SLOT
         if ahead < n:
-            _locate_ahead(keys, rows, hashes, ahead, probe)
+            _locate_ahead(keys, rows, hashes, n, ahead, probe)
         ahead = i + PREFETCH_ROWS
         if ahead < n:
             _prefetch_heavy(
-                keys, rows, heavy, pairs, hashes, ahead, np.int64(event_type[ahead]),
+                keys, rows, heavy, pairs, hashes, n, ahead, np.int64(event_type[ahead]),
                 ts_ms[ahead], peer[ahead], flags[ahead], probe,
             )  # fmt: skip
         ts = ts_ms[i]
         kind = np.int64(event_type[i])
-        r = _ring_entry(i)
-        subject = hashes[r + R_SUBJECT]
-        home = np.int64(hashes[r + R_HOME])
+        subject = hashes[_hashed(R_SUBJECT, n, i)]
+        home = np.int64(hashes[_hashed(R_HOME, n, i)])
         if now_ms != NO_TIME and ts < now_ms - lateness_ms:
             counters[C_LATE] += 1
             late[i] = True
@@ -1663,7 +1665,7 @@ def _update_accounts(
             ts_s = _div(ts, 1000)
             dead_hour = _div(max(now_s - lateness_s, 0), B24H_S) - N24H
             slot = _claim_account(
-                keys, rows, heavy, sketch_meta, counters, subject, home, hashes[r + R_SLOT], ts_s,
+                keys, rows, heavy, sketch_meta, counters, subject, home, hashes[_hashed(R_SLOT, n, i)], ts_s,
                 now_s, ttl_s, probe,
             )  # fmt: skip
             old_clock = np.int64(rows[_at(slot, ROW_WORDS, L_NOW)])
@@ -1681,7 +1683,7 @@ def _update_accounts(
             has_peer = True
             if kind == MESSAGE:
                 has_peer = peer[i] != 0
-                aux = np.int64(hashes[r + R_FP])
+                aux = np.int64(hashes[_hashed(R_FP, n, i)])
             elif kind == GROUP_ADD:
                 aux = min(max(np.int64(members[i]), 0), MAX_MEMBERS_PER_EVENT)
             hidx = np.int64(rows[_at(slot, ROW_WORDS, L_HEAVY)])
@@ -1776,7 +1778,7 @@ def update_accounts(
             raise ValueError(
                 f"ts_ms must lie in [0, {MAX_TS_MS}), got [{ts_ms.min()}, {ts_ms.max()}]"
             )
-        hashes = np.empty(HASH_RING * R_WORDS, dtype=np.uint64)  # scratch of the batch kernel
+        hashes = np.empty(R_COLUMNS * n, dtype=np.uint64)  # scratch of the batch kernel
         heavy16 = state.heavy.view(np.uint16)  # the same memory, for the 16-bit ring counts
         _update_accounts(
             state.keys,
