@@ -687,7 +687,7 @@ def _find_account(keys, rows, key, home, now_s, ttl_s, probe):
     """Slot of a live (not expired) account (``home``: its home slot), or -1. Never modifies the
     table."""
     for slot in range(home, home + probe):
-        k = keys[slot]
+        k = keys[np.uint64(slot)]
         if k == key:
             if now_s - np.int64(rows[_at(slot, ROW_WORDS, L_NOW)]) > ttl_s:
                 return -1
@@ -706,20 +706,24 @@ def _claim_account(
     recently active account of those is evicted. An expired account is reset in place. Only keys
     are read unless the window is full (rows are read for their clocks). ``hint``: the slot the
     prefetch found the key in (checked, it may be stale), else NOT_FOUND or CROWDED."""
-    first = home
+    found = -1
     if hint < np.uint64(keys.shape[0]) and keys[hint] == key:  # keys are unique: the key's slot
-        first = np.int64(hint)
-    for slot in range(first, home + probe):
-        k = keys[slot]
-        if k == key:
-            if now_s - np.int64(rows[_at(slot, ROW_WORDS, L_NOW)]) > ttl_s:
-                counters[C_EXPIRATIONS] += 1
-                _reset_row(rows, heavy, sketch_meta, slot, ts_s)
-            return slot
-        if k == 0:  # never used: the row is still as created (zeros, no heavy row)
-            keys[slot] = key
-            rows[_at(slot, ROW_WORDS, L_NOW)] = ts_s
-            return slot
+        found = np.int64(hint)
+    else:
+        for slot in range(home, home + probe):
+            k = keys[np.uint64(slot)]
+            if k == key:
+                found = slot
+                break
+            if k == 0:  # never used: the row is still as created (zeros, no heavy row)
+                keys[slot] = key
+                rows[_at(slot, ROW_WORDS, L_NOW)] = ts_s
+                return slot
+    if found >= 0:
+        if now_s - np.int64(rows[_at(found, ROW_WORDS, L_NOW)]) > ttl_s:
+            counters[C_EXPIRATIONS] += 1
+            _reset_row(rows, heavy, sketch_meta, found, ts_s)
+        return found
     victim = home
     victim_clock = _BIG
     expired = False
@@ -1528,7 +1532,7 @@ def _search_ahead(keys, rows, hashes, n, i, first, last, log_line):
     subject = hashes[_hashed(R_SUBJECT, n, i)]
     home = np.int64(hashes[_hashed(R_HOME, n, i)])
     for slot in range(home + first, home + last):
-        k = keys[slot]
+        k = keys[np.uint64(slot)]
         if k == subject:
             hashes[_hashed(R_SLOT, n, i)] = slot
             prefetch(rows, _at(slot, ROW_WORDS, 0), 0)
