@@ -751,9 +751,15 @@ def _claim_account(
 
 @njit(cache=True, nogil=True, inline="always")
 def _log_entry(slot, k):
-    """Index in ``rows`` of the tag of log entry ``k`` of account ``slot`` (its aux word is next).
+    """Index in ``rows`` of the tag of log entry ``k`` of account ``slot`` (then its aux word).
     The log holds its entries in arrival order from entry 0: the first empty tag (0) ends it."""
     return _at(slot, ROW_WORDS, L_LOG + 2 * k)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _log_aux(slot, k):
+    """Index in ``rows`` of the aux word (recipient fingerprint or members) of log entry ``k``."""
+    return _at(slot, ROW_WORDS, L_LOG + 2 * k + 1)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -786,11 +792,11 @@ def _light_advance(rows, slot, now):
             break
         if not wipe and _relevant((tag >> TAG_TYPE_SHIFT) & 7, _log_ts(tag, now), now):
             rows[_log_entry(slot, kept)] = tag
-            rows[_log_entry(slot, kept) + 1] = rows[_log_entry(slot, k) + 1]
+            rows[_log_aux(slot, kept)] = rows[_log_aux(slot, k)]
             kept += 1
     for k in range(kept, end):
         rows[_log_entry(slot, k)] = 0
-        rows[_log_entry(slot, k) + 1] = 0
+        rows[_log_aux(slot, k)] = 0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -817,7 +823,7 @@ def _light_store(rows, slot, ts, event_type, flags8, aux, no_peer):
             event_type != MESSAGE
             or no_peer
             or other & (TAG_NEWEST | TAG_NEWEST_BUSINESS) == 0
-            or rows[_log_entry(slot, k) + 1] != aux
+            or rows[_log_aux(slot, k)] != aux
             or (other >> TAG_TYPE_SHIFT) & 7 != MESSAGE
         ):
             continue
@@ -833,7 +839,7 @@ def _light_store(rows, slot, ts, event_type, flags8, aux, no_peer):
     if free < 0:
         return False
     rows[_log_entry(slot, free)] = tag
-    rows[_log_entry(slot, free) + 1] = aux
+    rows[_log_aux(slot, free)] = aux
     return True
 
 
@@ -892,9 +898,7 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
         business += _div(tag, TAG_NEWEST_BUSINESS) & 1
         hours |= np.uint64(message) << np.uint64(_div(ts, B24H_S) & 63)
         groups += np.int64(event_type == GROUP_CREATE) & in_1h
-        members += (np.int64(event_type == GROUP_ADD) & in_1h) * np.int64(
-            rows[_log_entry(slot, k) + 1]
-        )
+        members += (np.int64(event_type == GROUP_ADD) & in_1h) * np.int64(rows[_log_aux(slot, k)])
         reports += np.int64(event_type == REPORT)
         blocks += np.int64(event_type == BLOCK)
     counts[_at(i, N_COUNT_FIELDS, O_MSGS_15S)] = m15s
@@ -1397,7 +1401,7 @@ def _promote(
     for k in range(LOG_SLOTS):  # the replay probes a pair per message: start their loads now
         tag = np.int64(rows[_log_entry(slot, k)])
         if (tag >> TAG_TYPE_SHIFT) & 7 == MESSAGE and tag & (TAG_VALID | TAG_NO_PEER) == TAG_VALID:
-            fp = rows[_log_entry(slot, k) + 1]
+            fp = rows[_log_aux(slot, k)]
             _prefetch_pair(pairs, hidx, 0, fp)
             if (tag >> TAG_FLAGS_SHIFT) & BUSINESS:
                 _prefetch_pair(pairs, hidx, 1, fp)
@@ -1408,10 +1412,10 @@ def _promote(
         _heavy_apply(
             heavy, heavy16, pairs, sketch_regs, sketch_meta, counters, hidx, _log_ts(tag, now),
             (tag >> TAG_TYPE_SHIFT) & 7, (tag >> TAG_FLAGS_SHIFT) & LOG_FLAGS,
-            np.int64(rows[_log_entry(slot, k) + 1]), (tag & TAG_NO_PEER) == 0, dead_hour, exact,
+            np.int64(rows[_log_aux(slot, k)]), (tag & TAG_NO_PEER) == 0, dead_hour, exact,
         )  # fmt: skip
         rows[_log_entry(slot, k)] = 0
-        rows[_log_entry(slot, k) + 1] = 0
+        rows[_log_aux(slot, k)] = 0
     return hidx
 
 
