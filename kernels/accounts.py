@@ -89,14 +89,16 @@ Age: from the ``registration`` event's time if one was seen, else the first ``ac
 carried by a message, else unknown (NaN); kept to the second. Group ``members`` per event are
 clamped to [0, 65535].
 
-Speed: the batch kernel hashes each event once (subject, home slot, peer fingerprint, kept in a
-small ring) and prefetches the memory of the events a few positions ahead, in three steps so no
-prefetch waits on a load: the first keys of the window; then the account's row found in those keys
+Speed: the batch kernel first hashes every event of the batch in a loop of its own (subject, home
+slot, peer fingerprint into column scratch; LLVM vectorizes it), then applies the events in order,
+prefetching the memory of the events a few positions ahead in three steps so no prefetch waits on a
+load: the first keys of the window; then the account's row found in those keys
 (or the row of the empty slot it will take; in a crowded window, the rest of the window's keys);
 then its heavy row's first three lines and current buckets and its recipient pairs, or its log
 line if it is light (or the eviction candidates' rows, for a new account in a full window). A
 promotion prefetches the pairs of the log it replays. It runs without reference counting
-(``_nrt=False``: it allocates nothing).
+(``_nrt=False``: it allocates nothing). Its tables are indexed flat (``_at``: compile-time row
+widths, unsigned indices, so no runtime shape loads and no negative-index wraparound code).
 State arrays start on a cache line (a light row is two lines) and their pages are written at
 creation, so no page fault lands in a batch. Numba's on-disk cache (``cache=True``) is keyed on each function's own file: after changing
 ``hll.py`` or ``hashtable.py``, clear ``kernels/__pycache__`` (or bump NUMBA_CACHE_DIR) so callers in
