@@ -204,6 +204,7 @@ LOG_WIPE_S = 1 << 17
 # Recipient counts are 16-bit without saturation: an account's exact recipients are capped at
 # MAX_EXACT_RECIPIENTS per window (see _recipient_seen), so no bucket can exceed it.
 HEAVY_WORDS = 176  # 11 cache lines: rows stay line aligned
+HEAVY_HALVES = 2 * HEAVY_WORDS  # the row's length in heavy16
 RING_MAX = 65535
 MAX_EXACT_RECIPIENTS = 65535
 H_OWNER = 0  # account slot or NO_INDEX (free)
@@ -941,16 +942,14 @@ def _slide_small(heavy, heavy16, hidx, ring, total, n_buckets, bucket_s, old, no
     """Clear the leaving buckets of a ring of single 16-bit counts (half index ``ring``)."""
     lo, hi = _leaving_buckets(old, now, bucket_s, n_buckets)
     if hi - lo == n_buckets:  # the whole window left (a quiet account): no sums to keep
-        heavy16[
-            _at(hidx, (2 * HEAVY_WORDS), ring) : _at(hidx, (2 * HEAVY_WORDS), ring + n_buckets)
-        ] = 0
+        heavy16[_at(hidx, HEAVY_HALVES, ring) : _at(hidx, HEAVY_HALVES, ring + n_buckets)] = 0
         heavy[_at(hidx, HEAVY_WORDS, total)] = 0
         return
     # Unconditional: which buckets are empty is data, branches on it mispredict.
     for b in range(lo, hi):
         q = ring + _mod(b, n_buckets)
-        heavy[_at(hidx, HEAVY_WORDS, total)] -= heavy16[_at(hidx, (2 * HEAVY_WORDS), q)]
-        heavy16[_at(hidx, (2 * HEAVY_WORDS), q)] = 0
+        heavy[_at(hidx, HEAVY_WORDS, total)] -= heavy16[_at(hidx, HEAVY_HALVES, q)]
+        heavy16[_at(hidx, HEAVY_HALVES, q)] = 0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -982,10 +981,10 @@ def _heavy_advance(heavy, heavy16, hidx, now):
             w = H_RING_1H + _mod(b, N1H) * B1H_WORDS
             for f in range(F1_GROUPS + 1):
                 heavy[_at(hidx, HEAVY_WORDS, H_TOT_1H + f)] -= heavy16[
-                    _at(hidx, (2 * HEAVY_WORDS), 2 * w + f)
+                    _at(hidx, HEAVY_HALVES, 2 * w + f)
                 ]
             heavy[_at(hidx, HEAVY_WORDS, H_TOT_RECIPIENTS_1H)] -= heavy16[
-                _at(hidx, (2 * HEAVY_WORDS), 2 * w + F1_RECIPIENTS)
+                _at(hidx, HEAVY_HALVES, 2 * w + F1_RECIPIENTS)
             ]
             heavy[_at(hidx, HEAVY_WORDS, H_TOT_MEMBERS)] -= heavy[
                 _at(hidx, HEAVY_WORDS, w + B1H_WORDS - 1)
@@ -1010,7 +1009,7 @@ def _heavy_advance(heavy, heavy16, hidx, now):
             heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + F24_MSGS)] -= v
             for f in range(1, NF24):
                 heavy[_at(hidx, HEAVY_WORDS, H_TOT_24H + f)] -= heavy16[
-                    _at(hidx, (2 * HEAVY_WORDS), 2 * w + f + 1)
+                    _at(hidx, HEAVY_HALVES, 2 * w + f + 1)
                 ]
             heavy[_at(hidx, HEAVY_WORDS, w) : _at(hidx, HEAVY_WORDS, w + B24H_WORDS)] = 0
 
@@ -1024,9 +1023,9 @@ def _bump(heavy, hidx, idx, delta):
 def _bump16(heavy, heavy16, hidx, q, total, delta):
     """Add ``delta`` >= 0 to the 16-bit count at half ``q``, saturating at RING_MAX, and what was
     added to the running total at word ``total``."""
-    old = np.int64(heavy16[_at(hidx, (2 * HEAVY_WORDS), q)])
+    old = np.int64(heavy16[_at(hidx, HEAVY_HALVES, q)])
     new = min(old + delta, RING_MAX)
-    heavy16[_at(hidx, (2 * HEAVY_WORDS), q)] = new
+    heavy16[_at(hidx, HEAVY_HALVES, q)] = new
     heavy[_at(hidx, HEAVY_WORDS, total)] = np.int64(heavy[_at(hidx, HEAVY_WORDS, total)]) + (
         new - old
     )
@@ -1054,15 +1053,13 @@ def _bump_recipient(heavy, heavy16, hidx, business, ts, delta):
         field = F24_RECIPIENTS
         if _in_window(ts, clock, B1H_S, N1H):
             q = _half_1h(ts, F1_RECIPIENTS)
-            heavy16[_at(hidx, (2 * HEAVY_WORDS), q)] = (
-                np.int64(heavy16[_at(hidx, (2 * HEAVY_WORDS), q)]) + delta
+            heavy16[_at(hidx, HEAVY_HALVES, q)] = (
+                np.int64(heavy16[_at(hidx, HEAVY_HALVES, q)]) + delta
             )
             _bump(heavy, hidx, H_TOT_RECIPIENTS_1H, delta)
     if _in_window(ts, clock, B24H_S, N24H):
         q = 2 * _word_24h(ts) + field + 1
-        heavy16[_at(hidx, (2 * HEAVY_WORDS), q)] = (
-            np.int64(heavy16[_at(hidx, (2 * HEAVY_WORDS), q)]) + delta
-        )
+        heavy16[_at(hidx, HEAVY_HALVES, q)] = np.int64(heavy16[_at(hidx, HEAVY_HALVES, q)]) + delta
         _bump(heavy, hidx, H_TOT_24H + field, delta)
 
 

@@ -23,5 +23,6 @@ def test_kernel_benchmark_reports_median_of_runs_and_agrees_with_reference(capsy
     assert result["speedup"] > 1
     assert 0 < result["bytes_per_account"] < 1024
     assert result["tracked"] > 0
-    for key in ("reference_events_per_s", "compile_s"):
-        assert result[key] > 0
+    assert result["reference_events_per_s"] > 0
+    # 0.0 when an earlier test of this process has already loaded the compiled kernels
+    assert result["compile_s"] >= 0
