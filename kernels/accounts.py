@@ -1842,7 +1842,7 @@ def _usage(keys, rows, heavy, pairs, sketch_meta, params, counters):
             heavy_used += 1
     dead_hour = _div(max(now_s - params[P_LATENESS_S], 0), B24H_S) - N24H
     pairs_live = 0
-    for p in range(_pair_homes(pairs)):
+    for p in range(pairs.shape[0] // PAIR_WORDS):  # every entry, not only the home slots
         owner = np.int64(pairs[_at(p, PAIR_WORDS, PAIR_OWNER)])
         if (
             owner != NO_INDEX

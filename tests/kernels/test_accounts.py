@@ -722,3 +722,14 @@ def test_fmix64_reference_matches_kernel_hash():
 
     for x in [0, 1, 2**63, 2**64 - 1, 0xDEADBEEF]:
         assert int(mix64(np.uint64(x))) == fmix64(x)
+
+
+def test_pairs_live_counts_every_entry_not_only_home_slots():
+    """A table of PAIR_PROBE entries has one home slot; its window fills all of them."""
+    n = 40
+    events = [Event(T0 + k * 100, 1, 100 + k, MESSAGE, 0, 0, -1) for k in range(n)]
+    state = ak.new_account_state(
+        64, heavy_capacity=4, pair_capacity=ak.PAIR_PROBE, sketch_capacity=0
+    )
+    run(state, events)
+    assert ak.account_state_stats(state)["pairs_live"] == ak.PAIR_PROBE
