@@ -677,6 +677,8 @@ def test_input_validation():
         ak.update_accounts(state, **(good | {"event_type": np.array([6], dtype=np.uint8)}))
     with pytest.raises(ValueError, match="ts_ms"):
         ak.update_accounts(state, **(good | {"ts_ms": np.array([-1], dtype=np.int64)}))
+    with pytest.raises(ValueError, match="ts_ms"):
+        ak.update_accounts(state, **(good | {"ts_ms": np.array([ak.MAX_TS_MS], dtype=np.int64)}))
     with pytest.raises(ValueError, match="capacity"):
         ak.new_account_state(0)
     assert len(ak.update_accounts(state, **columns([])).late) == 0
@@ -733,3 +735,20 @@ def test_pairs_live_counts_every_entry_not_only_home_slots():
     )
     run(state, events)
     assert ak.account_state_stats(state)["pairs_live"] == ak.PAIR_PROBE
+
+
+@pytest.mark.parametrize(
+    ("column", "bad_value"), [("event_type", ak.N_EVENT_TYPES), ("ts_ms", ak.MAX_TS_MS)]
+)
+def test_rejected_batch_changes_no_state(column, bad_value):
+    """The kernel checks the batch before applying any of it: valid events ahead of the bad one
+    are not applied either."""
+    state = exact_state()
+    run(state, [Event(T0 + k, 1, 2, MESSAGE, 0, 0, -1) for k in range(3)])
+    before = {name: getattr(state, name).copy() for name in ak.AccountState._fields}
+    batch = columns([Event(T0 + 10 + k, 1 + k % 2, 3, MESSAGE, 0, 0, -1) for k in range(5)])
+    batch[column][3] = bad_value
+    with pytest.raises(ValueError, match=column):
+        ak.update_accounts(state, **batch)
+    for name, array in before.items():
+        np.testing.assert_array_equal(getattr(state, name), array, err_msg=name)
