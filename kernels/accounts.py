@@ -885,13 +885,13 @@ def _light_features(rows, slot, counts, reals, active_hours, i):
     recipients_1h = recipients_24h = business = 0
     hours = np.uint64(0)  # bit (hour mod 64) of every message: 24 hours map to distinct bits
     for k in range(LOG_SLOTS):
+        # Every entry, empty ones too (tag 0: no message, nor any other type but a message's, and
+        # no newest bits, so it adds nothing): how many entries the log holds is data.
         tag = np.int64(rows[_log_entry(slot, k)])
-        if tag == 0:
-            break
         event_type = (tag >> TAG_TYPE_SHIFT) & 7
         ts = _log_ts(tag, now)
         flags = tag >> TAG_FLAGS_SHIFT
-        message = np.int64(event_type == MESSAGE)
+        message = np.int64(event_type == MESSAGE) & _div(tag, TAG_VALID)
         in_1h = np.int64(ts >= start_1h)
         message_1h = message & in_1h
         m24 += message
