@@ -1252,12 +1252,12 @@ def _recipient_seen(
     found, reuse = _pair_probe(pairs, home, hidx, genbiz, fp, dead_hour)
     if found >= 0:
         last = np.int64(pairs[_at(found, PAIR_WORDS, PAIR_LAST)])
-        if ts > last:
-            # Moving within one 5 min bucket (hence within one hour) changes no count.
-            if _div(ts, B1H_S) != _div(last, B1H_S):
-                _bump_recipient(heavy, heavy16, hidx, business, last, -1)
-                _bump_recipient(heavy, heavy16, hidx, business, ts, 1)
-            pairs[_at(found, PAIR_WORDS, PAIR_LAST)] = ts
+        newest = max(ts, last)  # not a branch on ts > last: that is data, it would mispredict
+        # Moving within one 5 min bucket (hence within one hour) changes no count.
+        if _div(newest, B1H_S) != _div(last, B1H_S):
+            _bump_recipient(heavy, heavy16, hidx, business, last, -1)
+            _bump_recipient(heavy, heavy16, hidx, business, newest, 1)
+        pairs[_at(found, PAIR_WORDS, PAIR_LAST)] = newest
         return
     sk = np.int64(heavy[_at(hidx, HEAVY_WORDS, H_SKETCH + business)])
     if sk != NO_INDEX:
