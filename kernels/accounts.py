@@ -101,9 +101,11 @@ promotion prefetches the pairs of the log it replays. It runs without reference 
 (``_nrt=False``: it allocates nothing). Its tables are indexed flat (``_at``: compile-time row
 widths, unsigned indices, so no runtime shape loads and no negative-index wraparound code).
 Branches on data (is the account heavy, does the event carry a creation time, is the gap ring
-full) mispredict on a few events in ten, about 15 cycles each on current x86 cores: where a
-branch-free form is cheap (the gap ring's slot is subtracted even when still empty), or a
-predictable test can go first (creation known), the kernels use it.
+full, where does a light log end, is a recipient's last message newer) mispredict on a few events
+in ten, about 15 cycles each on current x86 cores, so they cost more than the instructions that
+replace them: where a branch-free form is cheap (the gap ring's slot is subtracted even when still
+empty, the light features read all eight log entries, a known recipient moves to the newer of two
+times), or a predictable test can go first (creation known), the kernels use it.
 State arrays start on a cache line (a light row is two lines) and their pages are written at
 creation, so no page fault lands in a batch. Numba's on-disk cache (``cache=True``) is keyed on each function's own file: after changing
 ``hll.py`` or ``hashtable.py``, clear ``kernels/__pycache__`` (or bump NUMBA_CACHE_DIR) so callers in
