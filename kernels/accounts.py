@@ -107,9 +107,9 @@ replace them: where a branch-free form is cheap (the gap ring's slot is subtract
 empty, the light features read all eight log entries, a known recipient moves to the newer of two
 times), or a predictable test can go first (creation known), the kernels use it.
 State arrays start on a cache line (a light row is two lines) and their pages are written at
-creation, so no page fault lands in a batch. Numba's on-disk cache (``cache=True``) is keyed on each function's own file: after changing
-``hll.py`` or ``hashtable.py``, clear ``kernels/__pycache__`` (or bump NUMBA_CACHE_DIR) so callers in
-``accounts.py`` are recompiled.
+creation, so no page fault lands in a batch. Numba's on-disk cache (``cache=True``) is keyed on
+each function's own file: after changing ``hll.py`` or ``hashtable.py``, clear
+``kernels/__pycache__`` (or bump NUMBA_CACHE_DIR) so callers in ``accounts.py`` are recompiled.
 """
 
 from __future__ import annotations
